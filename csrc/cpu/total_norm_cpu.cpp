@@ -1,0 +1,171 @@
+// The CPU backend: one parallel region over all tensors of a call. The elements
+// of all tensors, seen as one concatenation, are cut into fixed blocks (plan.h);
+// threads take whole blocks and each block writes one float64 partial, so the
+// result does not depend on the number of threads.
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../backend.h"
+#include "../plan.h"
+#include "kernels.h"
+
+namespace totalnorm::cpu {
+namespace {
+
+// Elements per block: large enough to amortise the per-block work, small enough
+// to balance two threads on a few MB. The cap bounds the partials buffer.
+constexpr int64_t kBlockElements = 1 << 16;
+constexpr int64_t kMaxBlocks = 4096;
+
+bool has_avx2() {
+#if defined(__x86_64__) && defined(TOTALNORM_HAVE_AVX2_KERNELS)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+#else
+  return false;
+#endif
+}
+
+// TOTALNORM_CPU_ISA=portable forces the portable loops (tests compare the two).
+const Kernels& loops() {
+  static const Kernels chosen = [] {
+    const char* forced = std::getenv("TOTALNORM_CPU_ISA");
+    const bool portable_only = forced != nullptr && std::strcmp(forced, "portable") == 0;
+#if defined(TOTALNORM_HAVE_AVX2_KERNELS)
+    if (!portable_only && has_avx2()) return avx2::kernels();
+#endif
+    (void)portable_only;
+    return portable::kernels();
+  }();
+  return chosen;
+}
+
+ElemKind elem_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf:
+      return ElemKind::Half;
+    case at::kBFloat16:
+      return ElemKind::BFloat16;
+    case at::kFloat:
+      return ElemKind::Float;
+    case at::kDouble:
+      return ElemKind::Double;
+    case at::kComplexFloat:
+      return ElemKind::ComplexFloat;
+    case at::kComplexDouble:
+      return ElemKind::ComplexDouble;
+    default:
+      TORCH_INTERNAL_ASSERT(false, "unchecked dtype ", t);
+  }
+}
+
+// The tensors' elements as one concatenation of dense storage spans. Dense
+// layouts in any order (transposed, channels_last) are read in place; layouts
+// with gaps or overlaps are copied into `copies` first.
+struct Concatenation {
+  std::vector<const void*> data;
+  std::vector<ElemKind> kinds;
+  std::vector<int64_t> ends;  // exclusive end of each span in the concatenation
+  std::vector<at::Tensor> copies;
+  int64_t total = 0;
+
+  explicit Concatenation(at::TensorList tensors) {
+    for (const auto& t : tensors) {
+      if (t.numel() == 0) continue;
+      const at::Tensor& dense =
+          t.is_non_overlapping_and_dense() ? t : copies.emplace_back(t.contiguous());
+      data.push_back(dense.const_data_ptr());
+      kinds.push_back(elem_kind(dense.scalar_type()));
+      total += dense.numel();
+      ends.push_back(total);
+    }
+  }
+};
+
+at::Tensor partials_cpu(at::TensorList tensors, Order order, double p) {
+  const Concatenation cat(tensors);
+  const int64_t blocks = block_count(cat.total, kBlockElements, kMaxBlocks);
+  at::Tensor partials = at::empty({blocks}, at::TensorOptions().dtype(at::kDouble));
+  double* out = partials.mutable_data_ptr<double>();
+  const Kernels& k = loops();
+  const int64_t spans = static_cast<int64_t>(cat.ends.size());
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      int64_t pos = split_point(cat.total, blocks, b);
+      const int64_t stop = split_point(cat.total, blocks, b + 1);
+      double acc = identity_of(order);
+      for (int64_t s = pos < stop ? find_segment(cat.ends.data(), spans, pos) : 0; pos < stop; ++s) {
+        const int64_t start = s == 0 ? 0 : cat.ends[s - 1];
+        const int64_t until = std::min(cat.ends[s], stop);
+        acc = combine_partials(order, acc,
+                               k.reduce(order, p, cat.kinds[s], cat.data[s], pos - start, until - start));
+        pos = until;
+      }
+      out[b] = acc;
+    }
+  });
+  return partials;
+}
+
+std::pair<at::Tensor, at::Tensor> finalize_cpu(const at::Tensor& partials, Order order, double p,
+                                               at::ScalarType out, std::optional<double> max_norm) {
+  const at::Tensor values = partials.contiguous();
+  const double* v = values.const_data_ptr<double>();
+  double acc = identity_of(order);
+  for (int64_t i = 0; i < values.numel(); ++i) acc = combine_partials(order, acc, v[i]);
+  const auto options = at::TensorOptions().dtype(out);
+  at::Tensor total = at::scalar_tensor(finalize_norm(order, acc, p), options);
+  if (!max_norm) return {total, at::Tensor()};
+  at::Tensor coef;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out, "clip_coefficient", [&] {
+    const scalar_t c = clip_coefficient<scalar_t, at::opmath_type<scalar_t>>(
+        total.item<scalar_t>(), *max_norm);
+    coef = at::scalar_tensor(static_cast<double>(c), at::TensorOptions().dtype(at::kDouble));
+  });
+  return {total, coef};
+}
+
+// g *= coef in g's opmath type (float for half and bfloat16), as torch's mul_.
+template <class T>
+void scale_span(T* data, int64_t n, double coef) {
+  using opmath = at::opmath_type<T>;
+  const opmath c = static_cast<opmath>(static_cast<T>(coef));
+  at::parallel_for(0, n, kBlockElements, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) data[i] = static_cast<T>(static_cast<opmath>(data[i]) * c);
+  });
+}
+
+void scale_cpu(at::TensorList tensors, const at::Tensor& coef) {
+  const double c = coef.item<double>();
+  for (const auto& t : tensors) {
+    if (t.numel() == 0) continue;
+    if (!t.is_non_overlapping_and_dense()) {
+      t.mul_(coef);
+      continue;
+    }
+    const bool is_complex = t.is_complex();
+    const int64_t n = t.numel() * (is_complex ? 2 : 1);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c10::toRealValueType(t.scalar_type()),
+                                    "scale", [&] {
+                                      scale_span(static_cast<scalar_t*>(t.data_ptr()), n, c);
+                                    });
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(totalnorm, CPU, m) {
+  register_backend(c10::DeviceType::CPU, Backend{&partials_cpu, &finalize_cpu, &scale_cpu});
+  m.impl("total_norm", &total_norm_kernel);
+  m.impl("clip_grad_norm_", &clip_grad_norm_kernel);
+}
+
+}  // namespace totalnorm::cpu

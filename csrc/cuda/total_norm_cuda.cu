@@ -1,0 +1,417 @@
+// The CUDA backend: a multi-tensor reduction in one launch per element type.
+//
+// The tensors of one element type are seen as one concatenation (plan.h) and cut
+// into near-equal ranges, one per block; the table of tensors travels by value
+// as a __grid_constant__ kernel parameter (up to 2040 tensors a launch), so
+// there is no host-to-device copy and CUDA-graph capture records it as is. Each
+// block writes one float64 partial; one more single-block launch combines the
+// partials in a fixed order, finalizes and rounds once. No floating-point
+// atomics, no host synchronisation.
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <array>
+#include <atomic>
+#include <vector>
+
+#include "../backend.h"
+#include "../plan.h"
+
+namespace totalnorm::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+// Elements a block should read: enough to amortise its start, few enough that a
+// 2,000-tensor step of ~17M elements still fills an H100 (132 SMs x 4 blocks).
+constexpr int64_t kBlockElements = 1 << 15;
+// Table sizes: the large one fills the 32,764-byte kernel-parameter limit.
+constexpr int kSmallTable = 64;
+constexpr int kLargeTable = 2040;
+
+template <int Cap>
+struct TensorTable {
+  int64_t count;
+  int64_t elements;
+  int64_t ends[Cap];  // exclusive end of each tensor in the concatenation
+  const void* data[Cap];
+};
+static_assert(sizeof(TensorTable<kLargeTable>) + 2 * sizeof(void*) <= 32764,
+              "the table must fit in the kernel-parameter space");
+
+// Storage types of the elements (half and bfloat16 read as raw bits).
+struct HalfBits {
+  uint16_t bits;
+};
+struct BFloat16Bits {
+  uint16_t bits;
+};
+
+__device__ __forceinline__ double widen(float x) { return x; }
+__device__ __forceinline__ double widen(HalfBits x) { return __half2float(__ushort_as_half(x.bits)); }
+__device__ __forceinline__ double widen(BFloat16Bits x) {
+  return __uint_as_float(static_cast<uint32_t>(x.bits) << 16);
+}
+
+template <Order O>
+__device__ __forceinline__ double contribution(float x, double p) {
+  return NormOp<O>::contribution(fabs(widen(x)), p);
+}
+template <Order O>
+__device__ __forceinline__ double contribution(double x, double p) {
+  return NormOp<O>::contribution(fabs(x), p);
+}
+template <Order O>
+__device__ __forceinline__ double contribution(HalfBits x, double p) {
+  return NormOp<O>::contribution(fabs(widen(x)), p);
+}
+template <Order O>
+__device__ __forceinline__ double contribution(BFloat16Bits x, double p) {
+  return NormOp<O>::contribution(fabs(widen(x)), p);
+}
+template <Order O>
+__device__ __forceinline__ double contribution(float2 z, double p) {
+  return complex_contribution<O>(z.x, z.y, p);
+}
+template <Order O>
+__device__ __forceinline__ double contribution(double2 z, double p) {
+  return complex_contribution<O>(z.x, z.y, p);
+}
+
+// Fixed-shape block reduction: the same tree for the same inputs, every run.
+template <class Combine>
+__device__ double block_reduce(double v, double identity, Combine combine) {
+  __shared__ double warp_partials[kWarps];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  for (int offset = 16; offset > 0; offset /= 2) v = combine(v, __shfl_down_sync(0xffffffffu, v, offset));
+  if (lane == 0) warp_partials[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < kWarps ? warp_partials[lane] : identity;
+    for (int offset = 16; offset > 0; offset /= 2) v = combine(v, __shfl_down_sync(0xffffffffu, v, offset));
+  }
+  return v;  // meaningful in thread 0
+}
+
+// This thread's share of elements [lo, hi) of one tensor: scalar loads up to
+// the first 16-byte boundary, then 16-byte loads four at a time, then the tail.
+template <Order O, class S>
+__device__ double reduce_slice(const S* data, int64_t lo, int64_t hi, double p, double acc) {
+  using Op = NormOp<O>;
+  constexpr int64_t kVec = 16 / sizeof(S);
+  const int64_t stride = blockDim.x;
+  const auto misalign = reinterpret_cast<uintptr_t>(data + lo) % 16;
+  const int64_t head = min(hi - lo, static_cast<int64_t>((16 - misalign) % 16 / sizeof(S)));
+  for (int64_t i = lo + threadIdx.x; i < lo + head; i += stride) acc = Op::combine(acc, contribution<O>(data[i], p));
+  const int64_t body = lo + head;
+  const int64_t vectors = (hi - body) / kVec;
+  const uint4* vec = reinterpret_cast<const uint4*>(data + body);
+  auto add_vector = [&](const uint4& raw) {
+    S elems[kVec];
+    memcpy(elems, &raw, sizeof(raw));
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) acc = Op::combine(acc, contribution<O>(elems[k], p));
+  };
+  int64_t v = threadIdx.x;
+  for (; v + 3 * stride < vectors; v += 4 * stride) {
+    const uint4 r0 = __ldg(vec + v);
+    const uint4 r1 = __ldg(vec + v + stride);
+    const uint4 r2 = __ldg(vec + v + 2 * stride);
+    const uint4 r3 = __ldg(vec + v + 3 * stride);
+    add_vector(r0);
+    add_vector(r1);
+    add_vector(r2);
+    add_vector(r3);
+  }
+  for (; v < vectors; v += stride) add_vector(__ldg(vec + v));
+  for (int64_t i = body + vectors * kVec + threadIdx.x; i < hi; i += stride) {
+    acc = Op::combine(acc, contribution<O>(data[i], p));
+  }
+  return acc;
+}
+
+template <Order O, class S, int Cap>
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(const __grid_constant__ TensorTable<Cap> table, double p, double* __restrict__ partials) {
+  using Op = NormOp<O>;
+  int64_t pos = split_point(table.elements, gridDim.x, blockIdx.x);
+  const int64_t stop = split_point(table.elements, gridDim.x, blockIdx.x + 1);
+  double acc = Op::identity;
+  if (pos < stop) {
+    for (int64_t t = find_segment(table.ends, table.count, pos); pos < stop; ++t) {
+      const int64_t begin = t == 0 ? 0 : table.ends[t - 1];
+      const int64_t until = min(table.ends[t], stop);
+      acc = reduce_slice<O>(static_cast<const S*>(table.data[t]), pos - begin, until - begin, p, acc);
+      pos = until;
+    }
+  }
+  acc = block_reduce(acc, Op::identity, [](double a, double b) { return Op::combine(a, b); });
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+template <class Out>
+__global__ void __launch_bounds__(kThreads)
+    finalize_kernel(const double* __restrict__ partials, int64_t n, Order order, double p, Out* total,
+                    double max_norm, double* coef) {
+  double acc = identity_of(order);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc = combine_partials(order, acc, partials[i]);
+  acc = block_reduce(acc, identity_of(order), [order](double a, double b) { return combine_partials(order, a, b); });
+  if (threadIdx.x == 0) {
+    // Rounded once, through the same conversion torch's .to(dtype) uses.
+    const Out norm = static_cast<Out>(finalize_norm(order, acc, p));
+    *total = norm;
+    if (coef != nullptr) *coef = static_cast<double>(clip_coefficient<Out, at::opmath_type<Out>>(norm, max_norm));
+  }
+}
+
+// data *= coef for every element, in the element type's opmath, like mul_.
+template <class T, int Cap>
+__global__ void __launch_bounds__(kThreads)
+    scale_kernel(const __grid_constant__ TensorTable<Cap> table, const double* __restrict__ coef) {
+  using opmath = at::opmath_type<T>;
+  const opmath c = static_cast<opmath>(static_cast<T>(*coef));
+  int64_t pos = split_point(table.elements, gridDim.x, blockIdx.x);
+  const int64_t stop = split_point(table.elements, gridDim.x, blockIdx.x + 1);
+  if (pos >= stop) return;
+  for (int64_t t = find_segment(table.ends, table.count, pos); pos < stop; ++t) {
+    const int64_t begin = t == 0 ? 0 : table.ends[t - 1];
+    const int64_t until = min(table.ends[t], stop);
+    T* data = static_cast<T*>(const_cast<void*>(table.data[t]));
+    for (int64_t i = pos - begin + threadIdx.x; i < until - begin; i += blockDim.x) {
+      data[i] = static_cast<T>(static_cast<opmath>(data[i]) * c);
+    }
+    pos = until;
+  }
+}
+
+// The tensors of one storage type, as dense spans (copies kept alive for non-dense ones).
+struct Spans {
+  std::vector<const void*> data;
+  std::vector<int64_t> numels;
+};
+
+enum class Storage : int { Half, BFloat16, Float, Double, ComplexFloat, ComplexDouble, Count };
+
+// Where a tensor's elements go: p = 2 reads complex numbers as real pairs.
+Storage storage_of(at::ScalarType t, Order order) {
+  switch (t) {
+    case at::kHalf:
+      return Storage::Half;
+    case at::kBFloat16:
+      return Storage::BFloat16;
+    case at::kFloat:
+      return Storage::Float;
+    case at::kDouble:
+      return Storage::Double;
+    case at::kComplexFloat:
+      return order == Order::Two ? Storage::Float : Storage::ComplexFloat;
+    case at::kComplexDouble:
+      return order == Order::Two ? Storage::Double : Storage::ComplexDouble;
+    default:
+      TORCH_INTERNAL_ASSERT(false, "unchecked dtype ", t);
+  }
+}
+
+struct Grouped {
+  std::array<Spans, static_cast<size_t>(Storage::Count)> spans;
+  std::vector<at::Tensor> copies;
+};
+
+Grouped group_by_storage(at::TensorList tensors, Order order) {
+  Grouped g;
+  for (const auto& t : tensors) {
+    if (t.numel() == 0) continue;
+    const at::Tensor& dense = t.is_non_overlapping_and_dense() ? t : g.copies.emplace_back(t.contiguous());
+    const Storage s = storage_of(t.scalar_type(), order);
+    const bool as_pairs = t.is_complex() && (s == Storage::Float || s == Storage::Double);
+    auto& spans = g.spans[static_cast<size_t>(s)];
+    spans.data.push_back(dense.const_data_ptr());
+    spans.numels.push_back(dense.numel() * (as_pairs ? 2 : 1));
+  }
+  return g;
+}
+
+int multiprocessors(c10::DeviceIndex device) {
+  static std::array<std::atomic<int>, 64> cache{};
+  auto& slot = cache.at(static_cast<size_t>(device));
+  int sms = slot.load(std::memory_order_relaxed);
+  if (sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    slot.store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+}
+
+// A grid of as many blocks as the device runs at once (2,048 threads an SM).
+PlanLimits limits_for(const c10::Device& device) {
+  return PlanLimits{kLargeTable, kBlockElements,
+                    static_cast<int64_t>(multiprocessors(device.index())) * (2048 / kThreads)};
+}
+
+// Fills a table from one launch of a plan and hands it to `launch`.
+template <int Cap, class Launcher>
+void with_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&& launch) {
+  TensorTable<Cap> table;
+  table.count = l.count;
+  table.elements = l.elements;
+  int64_t end = 0;
+  for (int64_t k = 0; k < l.count; ++k) {
+    const int64_t i = plan.tensors[l.first + k];
+    end += spans.numels[i];
+    table.ends[k] = end;
+    table.data[k] = spans.data[i];
+  }
+  launch(table);
+}
+
+template <class Launcher>
+void for_each_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&& launch) {
+  if (l.count <= kSmallTable) {
+    with_table<kSmallTable>(spans, plan, l, launch);
+  } else {
+    with_table<kLargeTable>(spans, plan, l, launch);
+  }
+}
+
+template <Order O, class S>
+void launch_reduce(const Spans& spans, const Plan& plan, double p, double* workspace, cudaStream_t stream) {
+  for (const Launch& l : plan.launches) {
+    for_each_table(spans, plan, l, [&](const auto& table) {
+      constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
+      reduce_kernel<O, S, cap><<<l.blocks, kThreads, 0, stream>>>(table, p, workspace + l.partial_offset);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+}
+
+template <Order O>
+void launch_reduce_storage(Storage s, const Spans& spans, const Plan& plan, double p, double* ws,
+                           cudaStream_t stream) {
+  switch (s) {
+    case Storage::Half:
+      return launch_reduce<O, HalfBits>(spans, plan, p, ws, stream);
+    case Storage::BFloat16:
+      return launch_reduce<O, BFloat16Bits>(spans, plan, p, ws, stream);
+    case Storage::Float:
+      return launch_reduce<O, float>(spans, plan, p, ws, stream);
+    case Storage::Double:
+      return launch_reduce<O, double>(spans, plan, p, ws, stream);
+    case Storage::ComplexFloat:
+      if constexpr (O != Order::Two) return launch_reduce<O, float2>(spans, plan, p, ws, stream);
+      break;
+    case Storage::ComplexDouble:
+      if constexpr (O != Order::Two) return launch_reduce<O, double2>(spans, plan, p, ws, stream);
+      break;
+    case Storage::Count:
+      break;
+  }
+  TORCH_INTERNAL_ASSERT(false, "unexpected storage for this order");
+}
+
+void launch_reduce_order(Order order, Storage s, const Spans& spans, const Plan& plan, double p, double* ws,
+                         cudaStream_t stream) {
+  switch (order) {
+    case Order::Zero:
+      return launch_reduce_storage<Order::Zero>(s, spans, plan, p, ws, stream);
+    case Order::One:
+      return launch_reduce_storage<Order::One>(s, spans, plan, p, ws, stream);
+    case Order::Two:
+      return launch_reduce_storage<Order::Two>(s, spans, plan, p, ws, stream);
+    case Order::Inf:
+      return launch_reduce_storage<Order::Inf>(s, spans, plan, p, ws, stream);
+    case Order::NegInf:
+      return launch_reduce_storage<Order::NegInf>(s, spans, plan, p, ws, stream);
+    case Order::General:
+      return launch_reduce_storage<Order::General>(s, spans, plan, p, ws, stream);
+  }
+}
+
+at::Tensor partials_cuda(at::TensorList tensors, Order order, double p) {
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Grouped grouped = group_by_storage(tensors, order);
+  const PlanLimits limits = limits_for(tensors[0].device());
+  std::array<Plan, static_cast<size_t>(Storage::Count)> plans;
+  int64_t slots = 0;
+  for (size_t s = 0; s < plans.size(); ++s) {
+    plans[s] = plan_launches(grouped.spans[s].numels, limits);
+    slots += plans[s].partials;
+  }
+  // At least one slot, holding the identity, when this device has no elements.
+  at::Tensor workspace = at::empty({std::max<int64_t>(slots, 1)},
+                                   at::TensorOptions().dtype(at::kDouble).device(tensors[0].device()));
+  if (slots == 0) return workspace.fill_(identity_of(order));
+  double* ws = workspace.mutable_data_ptr<double>();
+  for (size_t s = 0; s < plans.size(); ++s) {
+    if (plans[s].launches.empty()) continue;
+    launch_reduce_order(order, static_cast<Storage>(s), grouped.spans[s], plans[s], p, ws, stream);
+    ws += plans[s].partials;
+  }
+  return workspace;
+}
+
+std::pair<at::Tensor, at::Tensor> finalize_cuda(const at::Tensor& partials, Order order, double p,
+                                                at::ScalarType out, std::optional<double> max_norm) {
+  const c10::cuda::CUDAGuard guard(partials.device());
+  const at::Tensor values = partials.contiguous();
+  at::Tensor total = at::empty({}, values.options().dtype(out));
+  at::Tensor coef = max_norm ? at::empty({}, values.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out, "totalnorm_finalize", [&] {
+    finalize_kernel<scalar_t><<<1, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        values.const_data_ptr<double>(), values.numel(), order, p, total.mutable_data_ptr<scalar_t>(),
+        max_norm.value_or(0.0), coef.defined() ? coef.mutable_data_ptr<double>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {total, coef};
+}
+
+void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
+  const c10::cuda::CUDAGuard guard(coef.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // Dense gradients by real element type; the rest take the generic mul_.
+  std::array<Spans, 4> spans;
+  const std::array<at::ScalarType, 4> types = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
+  for (const auto& t : tensors) {
+    if (t.numel() == 0) continue;
+    if (!t.is_non_overlapping_and_dense()) {
+      t.mul_(coef);
+      continue;
+    }
+    const auto real = c10::toRealValueType(t.scalar_type());
+    const size_t k = std::find(types.begin(), types.end(), real) - types.begin();
+    spans[k].data.push_back(t.data_ptr());
+    spans[k].numels.push_back(t.numel() * (t.is_complex() ? 2 : 1));
+  }
+  const PlanLimits limits = limits_for(coef.device());
+  for (size_t k = 0; k < types.size(); ++k) {
+    const Plan plan = plan_launches(spans[k].numels, limits);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, types[k], "totalnorm_scale", [&] {
+      for (const Launch& l : plan.launches) {
+        for_each_table(spans[k], plan, l, [&](const auto& table) {
+          constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
+          scale_kernel<scalar_t, cap><<<l.blocks, kThreads, 0, stream>>>(table, coef.const_data_ptr<double>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      }
+    });
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(totalnorm, CUDA, m) {
+  register_backend(c10::DeviceType::CUDA, Backend{&partials_cuda, &finalize_cuda, &scale_cuda});
+  m.impl("total_norm", &total_norm_kernel);
+  m.impl("clip_grad_norm_", &clip_grad_norm_kernel);
+}
+
+}  // namespace totalnorm::cuda

@@ -1,0 +1,201 @@
+#pragma once
+// The per-order norm math, shared by the CPU kernels, the CUDA kernels and the
+// host-side combine of per-device partials, so the backends cannot drift apart.
+//
+// A norm of order p is computed in three steps over float64 values:
+//   contribution(|x|)  per element   (|x|^p, |x|, |x|^2, x != 0, ...)
+//   combine(a, b)      of two partials (sum, max or min; NaN-propagating)
+//   finalize(acc)      once at the end (acc^(1/p), sqrt, identity)
+// The templates take any value type V that supports arithmetic and comparison:
+// double on the host and device, and GCC vector types in the CPU kernels.
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__CUDACC__)
+#define TOTALNORM_HD __host__ __device__ __forceinline__
+#else
+#define TOTALNORM_HD inline
+#endif
+
+// CPU kernels compiled for several instruction sets put this header in their
+// own inline namespace, so an out-of-line copy never crosses between them.
+#ifndef TOTALNORM_ISA
+#define TOTALNORM_ISA portable
+#endif
+
+namespace totalnorm {
+
+// The reductions a norm order maps to; each has its own fast path.
+enum class Order : int8_t { Zero, One, Two, Inf, NegInf, General };
+
+inline namespace TOTALNORM_ISA {
+
+// Maps norm_type to its reduction; p must not be NaN (callers check first).
+TOTALNORM_HD Order classify_order(double p) {
+  if (p == 0.0) return Order::Zero;
+  if (p == 1.0) return Order::One;
+  if (p == 2.0) return Order::Two;
+  if (p == std::numeric_limits<double>::infinity()) return Order::Inf;
+  if (p == -std::numeric_limits<double>::infinity()) return Order::NegInf;
+  return Order::General;
+}
+
+// Broadcasts a scalar to V (a no-op for double, a splat for vector types).
+template <class V>
+TOTALNORM_HD V splat(double s) {
+  return V{} + s;
+}
+
+// Maximum and minimum that return NaN when either side is NaN, like torch's amax.
+template <class V>
+TOTALNORM_HD V nan_max(V acc, V c) {
+  return (c > acc || c != c) ? c : acc;
+}
+template <class V>
+TOTALNORM_HD V nan_min(V acc, V c) {
+  return (c < acc || c != c) ? c : acc;
+}
+
+template <Order O>
+struct NormOp;
+
+template <>
+struct NormOp<Order::Zero> {
+  static constexpr double identity = 0.0;
+  template <class V>
+  static TOTALNORM_HD V contribution(V a, double) {
+    return (a != 0) ? splat<V>(1.0) : splat<V>(0.0);
+  }
+  template <class V>
+  static TOTALNORM_HD V combine(V acc, V c) {
+    return acc + c;
+  }
+  static TOTALNORM_HD double finalize(double acc, double) { return acc; }
+};
+
+template <>
+struct NormOp<Order::One> {
+  static constexpr double identity = 0.0;
+  template <class V>
+  static TOTALNORM_HD V contribution(V a, double) {
+    return a;
+  }
+  template <class V>
+  static TOTALNORM_HD V combine(V acc, V c) {
+    return acc + c;
+  }
+  static TOTALNORM_HD double finalize(double acc, double) { return acc; }
+};
+
+template <>
+struct NormOp<Order::Two> {
+  static constexpr double identity = 0.0;
+  // |x|^2 of a float, half or bfloat16 value is exact in float64, so the
+  // squares never overflow and only the sum rounds.
+  template <class V>
+  static TOTALNORM_HD V contribution(V a, double) {
+    return a * a;
+  }
+  template <class V>
+  static TOTALNORM_HD V combine(V acc, V c) {
+    return acc + c;
+  }
+  static TOTALNORM_HD double finalize(double acc, double) { return std::sqrt(acc); }
+};
+
+template <>
+struct NormOp<Order::Inf> {
+  static constexpr double identity = 0.0;
+  template <class V>
+  static TOTALNORM_HD V contribution(V a, double) {
+    return a;
+  }
+  template <class V>
+  static TOTALNORM_HD V combine(V acc, V c) {
+    return nan_max(acc, c);
+  }
+  static TOTALNORM_HD double finalize(double acc, double) { return acc; }
+};
+
+template <>
+struct NormOp<Order::NegInf> {
+  static constexpr double identity = std::numeric_limits<double>::infinity();
+  template <class V>
+  static TOTALNORM_HD V contribution(V a, double) {
+    return a;
+  }
+  template <class V>
+  static TOTALNORM_HD V combine(V acc, V c) {
+    return nan_min(acc, c);
+  }
+  static TOTALNORM_HD double finalize(double acc, double) { return acc; }
+};
+
+// Any other finite p, negative included: a zero element gives |0|^p = inf for
+// p < 0, and inf^(1/p) = 0, which is the reference's answer.
+template <>
+struct NormOp<Order::General> {
+  static constexpr double identity = 0.0;
+  static TOTALNORM_HD double contribution(double a, double p) { return std::pow(a, p); }
+  static TOTALNORM_HD double combine(double acc, double c) { return acc + c; }
+  static TOTALNORM_HD double finalize(double acc, double p) { return std::pow(acc, 1.0 / p); }
+};
+
+// Magnitude of a complex element; hypot avoids overflow in re^2 + im^2.
+TOTALNORM_HD double complex_abs(double re, double im) { return std::hypot(re, im); }
+
+// Contribution of one complex element. For p = 2 the squared magnitude is
+// summed directly, for p = 0 an element counts when either part is non-zero.
+template <Order O>
+TOTALNORM_HD double complex_contribution(double re, double im, double p) {
+  if constexpr (O == Order::Two) {
+    return re * re + im * im;
+  } else if constexpr (O == Order::Zero) {
+    return (re != 0.0 || im != 0.0) ? 1.0 : 0.0;
+  } else {
+    return NormOp<O>::contribution(complex_abs(re, im), p);
+  }
+}
+
+// Combines two partials of order O (runtime-dispatched form for host code).
+TOTALNORM_HD double combine_partials(Order o, double a, double b) {
+  switch (o) {
+    case Order::Inf:
+      return nan_max(a, b);
+    case Order::NegInf:
+      return nan_min(a, b);
+    default:
+      return a + b;
+  }
+}
+
+TOTALNORM_HD double identity_of(Order o) {
+  return o == Order::NegInf ? std::numeric_limits<double>::infinity() : 0.0;
+}
+
+TOTALNORM_HD double finalize_norm(Order o, double acc, double p) {
+  switch (o) {
+    case Order::Two:
+      return NormOp<Order::Two>::finalize(acc, p);
+    case Order::General:
+      return NormOp<Order::General>::finalize(acc, p);
+    default:
+      return acc;
+  }
+}
+
+// The clip coefficient clamp(max_norm / (total + 1e-6), max=1), rounded step by
+// step to `Out` with arithmetic in `Opmath`, as torch.nn.utils.clip_grad_norm_
+// computes it with tensor ops. NaN stays NaN.
+template <class Out, class Opmath>
+TOTALNORM_HD Out clip_coefficient(Out total, double max_norm) {
+  const Out shifted = static_cast<Out>(static_cast<Opmath>(total) + static_cast<Opmath>(1e-6));
+  const Out inverse = static_cast<Out>(static_cast<Opmath>(1) / static_cast<Opmath>(shifted));
+  const Out coef = static_cast<Out>(static_cast<Opmath>(inverse) * static_cast<Opmath>(max_norm));
+  return static_cast<Opmath>(coef) > static_cast<Opmath>(1) ? static_cast<Out>(1) : coef;
+}
+
+}  // namespace TOTALNORM_ISA
+}  // namespace totalnorm

@@ -1,0 +1,44 @@
+#pragma once
+// totalnorm: the global p-norm of a list of tensors as a PyTorch operator.
+//
+// Every function here goes through the PyTorch dispatcher, so C++ programs,
+// Python (torch.ops.totalnorm) and TorchScript all run the same registered op.
+// A program that calls nothing from this header but loads TorchScript models
+// using the op must still link libtotalnorm; see totalnorm::ensure_registered().
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <optional>
+#include <vector>
+
+namespace totalnorm {
+
+// The p-norm of all elements of all `tensors`, as if they were concatenated:
+// torch.linalg.vector_norm(cat([t.flatten() for t in tensors]).double(), p),
+// rounded once to `dtype` (default: the promoted real dtype of the inputs).
+// norm_type may be any non-NaN value, including 0 and +/-infinity. An empty list
+// gives a CPU zero of the default dtype. With error_if_nonfinite a NaN or
+// infinite result raises (this reads the result on the host).
+at::Tensor total_norm(at::TensorList tensors, double norm_type = 2.0,
+                      bool error_if_nonfinite = false,
+                      std::optional<at::ScalarType> dtype = std::nullopt);
+
+// The norm of the gradients of `parameters` (what Module::parameters() returns);
+// parameters without a gradient are skipped. No parameters: a CPU zero of the
+// default dtype; no gradients: a zero on the first parameter's device and dtype.
+at::Tensor get_total_norm(const std::vector<at::Tensor>& parameters, double norm_type = 2.0,
+                          bool error_if_nonfinite = false);
+
+// Computes the gradients' total norm, then scales every gradient in place by
+// clamp(max_norm / (norm + 1e-6), max=1) without reading the norm on the host.
+// Returns the norm before clipping, like torch::nn::utils::clip_grad_norm_.
+at::Tensor clip_grad_norm_(const std::vector<at::Tensor>& parameters, double max_norm,
+                           double norm_type = 2.0, bool error_if_nonfinite = false);
+
+// Returns true once the operators are registered with the dispatcher. Calling it
+// keeps the linker from dropping libtotalnorm from a program that only loads
+// TorchScript models (the CMake package also links with --no-as-needed).
+bool ensure_registered();
+
+}  // namespace totalnorm

@@ -1,0 +1,56 @@
+"""Builds the Python package from the one CMake build definition.
+
+`pip install --no-build-isolation .` configures CMakeLists.txt against the
+installed torch and builds only its `totalnorm` target; the resulting
+Python-free libtotalnorm.so ships inside the package and is loaded with
+torch.ops.load_library.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str) -> None:
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        import torch.utils
+
+        lib_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        configure = [
+            "cmake", str(ROOT), "-GNinja",
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('TOTALNORM_BUILD_TYPE', 'Release')}",
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={lib_dir}",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            "-DTOTALNORM_BUILD_TESTS=OFF",
+            "-DTOTALNORM_BUILD_EXAMPLES=OFF",
+        ]
+        if "TOTALNORM_WITH_CUDA" in os.environ:
+            configure.append(f"-DTOTALNORM_WITH_CUDA={os.environ['TOTALNORM_WITH_CUDA']}")
+        subprocess.check_call(configure, cwd=build_dir)
+        subprocess.check_call(["cmake", "--build", ".", "--target", "totalnorm"], cwd=build_dir)
+
+
+setup(
+    name="totalnorm",
+    version="0.1.0",
+    description="The global gradient p-norm of a list of tensors as a PyTorch operator",
+    packages=find_packages(include=["totalnorm", "totalnorm.*"]),
+    ext_modules=[CMakeExtension("totalnorm.libtotalnorm")],
+    cmdclass={"build_ext": CMakeBuild},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.11"],
+    zip_safe=False,
+)

@@ -1,0 +1,174 @@
+// The C++ API (through the dispatcher) against a float64 reference built from
+// plain torch ops, on the CPU, and on CUDA when a GPU is present.
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <totalnorm/totalnorm.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// SPEC reference: vector_norm of the float64 concatenation, rounded once.
+at::Tensor reference(const std::vector<at::Tensor>& tensors, double p, at::ScalarType out) {
+  std::vector<at::Tensor> flat;
+  for (const auto& t : tensors) flat.push_back(t.reshape(-1).to(at::kCPU));
+  return at::linalg_vector_norm(at::cat(flat).to(at::kComplexDouble).abs(), p).to(out);
+}
+
+std::vector<at::Tensor> sample_tensors(const at::TensorOptions& options) {
+  return {at::randn({37, 5}, options), at::randn({}, options), at::empty({0, 3}, options),
+          at::randn({3, 1000}, options).t(), at::randn({70001}, options)};
+}
+
+void expect_close(const at::Tensor& got, const at::Tensor& want, double rtol) {
+  ASSERT_EQ(got.scalar_type(), want.scalar_type());
+  ASSERT_EQ(got.dim(), 0);
+  const double g = got.item<double>();
+  const double w = want.item<double>();
+  if (std::isnan(w)) {
+    EXPECT_TRUE(std::isnan(g));
+  } else {
+    EXPECT_NEAR(g, w, rtol * std::fabs(w)) << "got " << g << " want " << w;
+  }
+}
+
+class TotalNorm : public ::testing::TestWithParam<c10::DeviceType> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == c10::DeviceType::CUDA && !torch::cuda::is_available()) {
+      GTEST_SKIP() << "no CUDA device";
+    }
+  }
+  at::TensorOptions options(at::ScalarType dtype = at::kFloat) const {
+    return at::TensorOptions().dtype(dtype).device(GetParam());
+  }
+};
+
+TEST_P(TotalNorm, MatchesTheFloat64ReferenceForEveryOrder) {
+  at::manual_seed(0);
+  const auto tensors = sample_tensors(options());
+  for (double p : {0.5, 1.0, 1.5, 2.0, 3.0, kInf, -kInf, 0.0, -1.0}) {
+    SCOPED_TRACE(p);
+    const at::Tensor got = totalnorm::total_norm(tensors, p);
+    EXPECT_EQ(got.device().type(), GetParam());
+    // 1 ulp of float32 for the fast paths, 1e-6 for the general one (SPEC).
+    const bool fast = p == 0 || p == 1 || p == 2 || std::isinf(p);
+    const double rtol = fast ? 1.2e-7 : 1e-6;
+    expect_close(got.cpu(), reference(tensors, p, at::kFloat), rtol);
+  }
+}
+
+TEST_P(TotalNorm, Float64IsAccurateTo1e13) {
+  at::manual_seed(1);
+  const auto tensors = sample_tensors(options(at::kDouble));
+  for (double p : {1.0, 2.0, 3.0, -1.0}) {
+    expect_close(totalnorm::total_norm(tensors, p).cpu(), reference(tensors, p, at::kDouble), 1e-13);
+  }
+}
+
+TEST_P(TotalNorm, ResultDtypeFollowsPromotionOrTheDtypeArgument) {
+  const std::vector<at::Tensor> mixed = {at::ones({3}, options(at::kHalf)),
+                                         at::ones({3}, options(at::kBFloat16))};
+  EXPECT_EQ(totalnorm::total_norm(mixed).scalar_type(), at::kFloat);
+  const std::vector<at::Tensor> bf16 = {at::ones({4}, options(at::kBFloat16))};
+  EXPECT_EQ(totalnorm::total_norm(bf16).scalar_type(), at::kBFloat16);
+  const std::vector<at::Tensor> cplx = {at::ones({4}, options(at::kComplexDouble))};
+  EXPECT_EQ(totalnorm::total_norm(cplx).scalar_type(), at::kDouble);
+  EXPECT_EQ(totalnorm::total_norm(bf16, 2.0, false, at::kDouble).scalar_type(), at::kDouble);
+  EXPECT_DOUBLE_EQ(totalnorm::total_norm(bf16, 2.0, false, at::kDouble).item<double>(), 2.0);
+}
+
+TEST_P(TotalNorm, EmptyInputsGiveZero) {
+  const at::Tensor none = totalnorm::total_norm(std::vector<at::Tensor>{});
+  EXPECT_EQ(none.device().type(), c10::DeviceType::CPU);
+  EXPECT_EQ(none.scalar_type(), at::get_default_dtype_as_scalartype());
+  EXPECT_EQ(none.item<double>(), 0.0);
+  const std::vector<at::Tensor> empties = {at::empty({0}, options()), at::empty({2, 0}, options())};
+  for (double p : {2.0, kInf, -kInf, 0.0, 3.0}) {
+    const at::Tensor got = totalnorm::total_norm(empties, p);
+    EXPECT_EQ(got.device().type(), GetParam());
+    EXPECT_EQ(got.item<double>(), 0.0) << "p " << p;
+  }
+}
+
+TEST_P(TotalNorm, RejectsBadInputNamingTheIndex) {
+  const std::vector<at::Tensor> with_int = {at::ones({2}, options()), at::ones({2}, options(at::kInt))};
+  try {
+    totalnorm::total_norm(with_int);
+    FAIL() << "integer tensor accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensors[1] has dtype Int"), std::string::npos) << e.what();
+  }
+  const std::vector<at::Tensor> ok = {at::ones({2}, options())};
+  EXPECT_THROW(totalnorm::total_norm(ok, std::nan("")), c10::Error);
+  EXPECT_THROW(totalnorm::total_norm(ok, 2.0, false, at::kInt), c10::Error);
+  const std::vector<at::Tensor> nan = {at::full({2}, std::nan(""), options())};
+  EXPECT_THROW(totalnorm::total_norm(nan, 2.0, /*error_if_nonfinite=*/true), c10::Error);
+  EXPECT_TRUE(std::isnan(totalnorm::total_norm(nan, 2.0).item<double>()));
+}
+
+TEST_P(TotalNorm, IsBitwiseIdenticalForAnyThreadCount) {
+  at::manual_seed(2);
+  std::vector<at::Tensor> tensors;
+  for (int i = 0; i < 50; ++i) tensors.push_back(at::randn({1 + 4099 * i}, options()));
+  const int threads = at::get_num_threads();
+  for (double p : {1.0, 2.0, 3.0}) {
+    at::set_num_threads(1);
+    const double one = totalnorm::total_norm(tensors, p, false, at::kDouble).item<double>();
+    at::set_num_threads(2);
+    const double two = totalnorm::total_norm(tensors, p, false, at::kDouble).item<double>();
+    EXPECT_EQ(one, two) << "p " << p;
+  }
+  at::set_num_threads(threads);
+}
+
+TEST_P(TotalNorm, GetTotalNormUsesTheParametersGradients) {
+  torch::manual_seed(3);
+  torch::nn::Sequential model(torch::nn::Linear(8, 16), torch::nn::ReLU(), torch::nn::Linear(16, 4));
+  model->to(GetParam());
+  const auto params = model->parameters();
+  EXPECT_EQ(totalnorm::get_total_norm(params).item<double>(), 0.0);  // no grads yet
+  model->forward(torch::randn({32, 8}, options())).pow(2).sum().backward();
+  params[1].mutable_grad() = at::Tensor();  // a parameter without grad is skipped
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  expect_close(totalnorm::get_total_norm(params).cpu(), reference(grads, 2.0, at::kFloat), 1.2e-7);
+}
+
+TEST_P(TotalNorm, ClipGradNormMatchesTorch) {
+  torch::manual_seed(4);
+  torch::nn::Linear ours(64, 32);
+  torch::nn::Linear theirs(64, 32);
+  ours->to(GetParam());
+  theirs->to(GetParam());
+  const auto x = torch::randn({16, 64}, options());
+  for (auto* m : {&ours, &theirs}) {
+    (*m)->weight.mutable_grad() = torch::randn({32, 64}, options());
+    (*m)->bias.mutable_grad() = torch::randn({32}, options());
+  }
+  {
+    torch::NoGradGuard no_grad;
+    theirs->weight.grad().copy_(ours->weight.grad());
+    theirs->bias.grad().copy_(ours->bias.grad());
+  }
+  for (double max_norm : {0.5, 1e6}) {
+    const at::Tensor got = totalnorm::clip_grad_norm_(ours->parameters(), max_norm);
+    const double want = torch::nn::utils::clip_grad_norm_(theirs->parameters(), max_norm);
+    EXPECT_NEAR(got.item<double>(), want, 1.2e-7 * want);
+    EXPECT_TRUE(torch::allclose(ours->weight.grad(), theirs->weight.grad(), 1e-6, 1e-7));
+    EXPECT_TRUE(torch::allclose(ours->bias.grad(), theirs->bias.grad(), 1e-6, 1e-7));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, TotalNorm,
+                         ::testing::Values(c10::DeviceType::CPU, c10::DeviceType::CUDA),
+                         [](const auto& info) { return c10::DeviceTypeName(info.param, true); });
+
+}  // namespace

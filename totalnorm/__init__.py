@@ -1,0 +1,119 @@
+"""totalnorm: the global p-norm of a list of tensors as a PyTorch operator.
+
+Importing this package loads ``libtotalnorm.so``, which registers the operators
+``torch.ops.totalnorm.total_norm`` and ``torch.ops.totalnorm.clip_grad_norm_``
+with the dispatcher (CPU, CUDA, Meta and Autograd kernels). The functions here
+are thin, typed wrappers that turn Python iterables into tensor lists.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import torch
+
+__all__ = ["total_norm", "get_total_norm", "clip_grad_norm_", "library_path"]
+
+
+def library_path() -> str:
+    """Path of the shared library holding the operators (for C++ and TorchScript users)."""
+    return str(Path(__file__).resolve().parent / "libtotalnorm.so")
+
+
+torch.ops.load_library(library_path())
+
+TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
+
+
+def _as_tensor_list(name: str, fn: str, tensors: TensorOrTensors) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        return [tensors]
+    items = list(tensors)
+    for i, t in enumerate(items):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name}[{i}] is a {type(t).__name__}, not a Tensor")
+    return items
+
+
+def total_norm(
+    tensors: TensorOrTensors,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: Optional[bool] = None,
+    *,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """The p-norm of all elements of ``tensors``, as if they were concatenated.
+
+    A drop-in for ``torch.nn.utils.get_total_norm``: equal to
+    ``torch.linalg.vector_norm(torch.cat([t.flatten() for t in tensors]).double(), norm_type)``
+    rounded once to the result dtype, computed in one pass over the bytes with
+    float64 accumulation.
+
+    Args:
+        tensors: a tensor or an iterable of tensors (float16, bfloat16, float32,
+            float64, complex64, complex128; any shape, layout and device).
+        norm_type: the order p: any number but NaN, including 0 (count of
+            non-zero elements), ``inf`` and ``-inf``.
+        error_if_nonfinite: raise ``RuntimeError`` when the result is NaN or
+            infinite (this reads the result on the host).
+        foreach: accepted for compatibility with torch and ignored: the op is
+            always a single fused reduction.
+        dtype: the result dtype (a floating dtype); default: the promotion of
+            the inputs' real dtypes.
+
+    Returns:
+        A 0-dim tensor on the first tensor's device that never requires grad.
+        An empty list gives ``torch.tensor(0.0)``.
+    """
+    del foreach
+    return torch.ops.totalnorm.total_norm(
+        _as_tensor_list("tensors", "total_norm", tensors), float(norm_type), error_if_nonfinite, dtype
+    )
+
+
+def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    params = _as_tensor_list("parameters", fn, parameters)
+    return params, [p.grad for p in params if p.grad is not None]
+
+
+def get_total_norm(
+    parameters: TensorOrTensors, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> torch.Tensor:
+    """The p-norm of the gradients of ``parameters`` (the seed's API).
+
+    Parameters whose ``.grad`` is None are skipped; a generator is consumed once.
+    No parameters give ``torch.tensor(0.0)``; parameters without any gradient
+    give a zero on the first parameter's device, in its dtype.
+    """
+    params, grads = _grads("get_total_norm", parameters)
+    if params and not grads:
+        # Same argument checks as the op, then the SPEC's zero.
+        torch.ops.totalnorm.total_norm([], float(norm_type), False, None)
+        return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+    return torch.ops.totalnorm.total_norm(grads, float(norm_type), error_if_nonfinite, None)
+
+
+def clip_grad_norm_(
+    parameters: TensorOrTensors,
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: Optional[bool] = None,
+) -> torch.Tensor:
+    """Clips the gradients of ``parameters`` in place; a drop-in for
+    ``torch.nn.utils.clip_grad_norm_``.
+
+    Computes the total norm of the gradients, then multiplies every gradient by
+    ``clamp(max_norm / (total + 1e-6), max=1)`` on the device: no host branch
+    and no host synchronisation (unless ``error_if_nonfinite``, which checks the
+    norm before any gradient is touched). ``foreach`` is accepted and ignored.
+
+    Returns:
+        The total norm of the gradients before clipping.
+    """
+    del foreach
+    _, grads = _grads("clip_grad_norm_", parameters)
+    return torch.ops.totalnorm.clip_grad_norm_(
+        grads, float(max_norm), float(norm_type), error_if_nonfinite
+    )
