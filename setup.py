@@ -26,7 +26,8 @@ class CMakeBuild(build_ext):
         import torch.utils
 
         lib_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = Path(self.build_temp).resolve() / "cmake"
+        # TOTALNORM_CMAKE_BUILD_DIR shares one CMake build tree with the C++ tests.
+        build_dir = Path(os.environ.get("TOTALNORM_CMAKE_BUILD_DIR", Path(self.build_temp) / "cmake")).resolve()
         build_dir.mkdir(parents=True, exist_ok=True)
         configure = [
             "cmake", str(ROOT), "-GNinja",

@@ -6,8 +6,8 @@
 # toolkit is installed. A build without the CUDA backend needs none of torch's
 # CUDA parts, so it describes the CPU libraries of the same install by hand.
 
+find_package(Python3 COMPONENTS Interpreter QUIET)
 if(NOT Torch_DIR)
-  find_package(Python3 COMPONENTS Interpreter QUIET)
   if(Python3_Interpreter_FOUND)
     execute_process(
       COMMAND ${Python3_EXECUTABLE} -c "import torch.utils; print(torch.utils.cmake_prefix_path)"

@@ -102,58 +102,63 @@ __device__ double block_reduce(double v, double identity, Combine combine) {
   return v;  // meaningful in thread 0
 }
 
-// This thread's share of elements [lo, hi) of one tensor: scalar loads up to
-// the first 16-byte boundary, then 16-byte loads four at a time, then the tail.
-template <Order O, class S>
-__device__ double reduce_slice(const S* data, int64_t lo, int64_t hi, double p, double acc) {
-  using Op = NormOp<O>;
+// Calls visit(data, lo, hi) for each piece of this block's range of the
+// concatenation: the tail of one tensor, whole tensors, the head of another.
+template <int Cap, class Visit>
+__device__ void for_each_piece(const TensorTable<Cap>& table, Visit&& visit) {
+  int64_t pos = split_point(table.elements, gridDim.x, blockIdx.x);
+  const int64_t stop = split_point(table.elements, gridDim.x, blockIdx.x + 1);
+  if (pos >= stop) return;
+  for (int64_t t = find_segment(table.ends, table.count, pos); pos < stop; ++t) {
+    const int64_t begin = t == 0 ? 0 : table.ends[t - 1];
+    const int64_t until = min(table.ends[t], stop);
+    visit(table.data[t], pos - begin, until - begin);
+    pos = until;
+  }
+}
+
+// This thread's share of elements [lo, hi) of `data`: one element at a time up
+// to the first 16-byte boundary, then 16-byte vectors with four loads in flight,
+// then the tail. on_element(S*) and on_vector(uint4* address, uint4 value).
+template <class S, bool kReadOnly, class OnElement, class OnVector>
+__device__ void visit_slice(S* data, int64_t lo, int64_t hi, OnElement&& on_element, OnVector&& on_vector) {
   constexpr int64_t kVec = 16 / sizeof(S);
   const int64_t stride = blockDim.x;
   const auto misalign = reinterpret_cast<uintptr_t>(data + lo) % 16;
   const int64_t head = min(hi - lo, static_cast<int64_t>((16 - misalign) % 16 / sizeof(S)));
-  for (int64_t i = lo + threadIdx.x; i < lo + head; i += stride) acc = Op::combine(acc, contribution<O>(data[i], p));
+  for (int64_t i = lo + threadIdx.x; i < lo + head; i += stride) on_element(data + i);
   const int64_t body = lo + head;
   const int64_t vectors = (hi - body) / kVec;
-  const uint4* vec = reinterpret_cast<const uint4*>(data + body);
-  auto add_vector = [&](const uint4& raw) {
-    S elems[kVec];
-    memcpy(elems, &raw, sizeof(raw));
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) acc = Op::combine(acc, contribution<O>(elems[k], p));
-  };
+  uint4* vec = reinterpret_cast<uint4*>(data + body);
+  auto load = [](const uint4* at) { return kReadOnly ? __ldg(at) : *at; };
   int64_t v = threadIdx.x;
   for (; v + 3 * stride < vectors; v += 4 * stride) {
-    const uint4 r0 = __ldg(vec + v);
-    const uint4 r1 = __ldg(vec + v + stride);
-    const uint4 r2 = __ldg(vec + v + 2 * stride);
-    const uint4 r3 = __ldg(vec + v + 3 * stride);
-    add_vector(r0);
-    add_vector(r1);
-    add_vector(r2);
-    add_vector(r3);
+    uint4 raw[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) raw[k] = load(vec + v + k * stride);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) on_vector(vec + v + k * stride, raw[k]);
   }
-  for (; v < vectors; v += stride) add_vector(__ldg(vec + v));
-  for (int64_t i = body + vectors * kVec + threadIdx.x; i < hi; i += stride) {
-    acc = Op::combine(acc, contribution<O>(data[i], p));
-  }
-  return acc;
+  for (; v < vectors; v += stride) on_vector(vec + v, load(vec + v));
+  for (int64_t i = body + vectors * kVec + threadIdx.x; i < hi; i += stride) on_element(data + i);
 }
 
 template <Order O, class S, int Cap>
 __global__ void __launch_bounds__(kThreads)
     reduce_kernel(const __grid_constant__ TensorTable<Cap> table, double p, double* __restrict__ partials) {
   using Op = NormOp<O>;
-  int64_t pos = split_point(table.elements, gridDim.x, blockIdx.x);
-  const int64_t stop = split_point(table.elements, gridDim.x, blockIdx.x + 1);
   double acc = Op::identity;
-  if (pos < stop) {
-    for (int64_t t = find_segment(table.ends, table.count, pos); pos < stop; ++t) {
-      const int64_t begin = t == 0 ? 0 : table.ends[t - 1];
-      const int64_t until = min(table.ends[t], stop);
-      acc = reduce_slice<O>(static_cast<const S*>(table.data[t]), pos - begin, until - begin, p, acc);
-      pos = until;
-    }
-  }
+  auto add = [&](S x) { acc = Op::combine(acc, contribution<O>(x, p)); };
+  for_each_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
+    visit_slice<S, true>(
+        static_cast<S*>(const_cast<void*>(data)), lo, hi, [&](const S* x) { add(*x); },
+        [&](const uint4*, const uint4& raw) {
+          S elems[16 / sizeof(S)];
+          memcpy(elems, &raw, sizeof(raw));
+#pragma unroll
+          for (const S& x : elems) add(x);
+        });
+  });
   acc = block_reduce(acc, Op::identity, [](double a, double b) { return Op::combine(a, b); });
   if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
@@ -179,18 +184,19 @@ __global__ void __launch_bounds__(kThreads)
     scale_kernel(const __grid_constant__ TensorTable<Cap> table, const double* __restrict__ coef) {
   using opmath = at::opmath_type<T>;
   const opmath c = static_cast<opmath>(static_cast<T>(*coef));
-  int64_t pos = split_point(table.elements, gridDim.x, blockIdx.x);
-  const int64_t stop = split_point(table.elements, gridDim.x, blockIdx.x + 1);
-  if (pos >= stop) return;
-  for (int64_t t = find_segment(table.ends, table.count, pos); pos < stop; ++t) {
-    const int64_t begin = t == 0 ? 0 : table.ends[t - 1];
-    const int64_t until = min(table.ends[t], stop);
-    T* data = static_cast<T*>(const_cast<void*>(table.data[t]));
-    for (int64_t i = pos - begin + threadIdx.x; i < until - begin; i += blockDim.x) {
-      data[i] = static_cast<T>(static_cast<opmath>(data[i]) * c);
-    }
-    pos = until;
-  }
+  auto scale = [c](T& x) { x = static_cast<T>(static_cast<opmath>(x) * c); };
+  for_each_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
+    visit_slice<T, false>(
+        static_cast<T*>(const_cast<void*>(data)), lo, hi, [&](T* x) { scale(*x); },
+        [&](uint4* at, uint4 raw) {
+          T elems[16 / sizeof(T)];
+          memcpy(elems, &raw, sizeof(raw));
+#pragma unroll
+          for (T& x : elems) scale(x);
+          memcpy(&raw, elems, sizeof(raw));
+          *at = raw;
+        });
+  });
 }
 
 // The tensors of one storage type, as dense spans (copies kept alive for non-dense ones).

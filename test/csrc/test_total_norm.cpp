@@ -5,36 +5,21 @@
 #include <torch/torch.h>
 #include <totalnorm/totalnorm.h>
 
+#include "reference.h"
+
 #include <cmath>
 #include <limits>
 #include <vector>
 
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-// SPEC reference: vector_norm of the float64 concatenation, rounded once.
-at::Tensor reference(const std::vector<at::Tensor>& tensors, double p, at::ScalarType out) {
-  std::vector<at::Tensor> flat;
-  for (const auto& t : tensors) flat.push_back(t.reshape(-1).to(at::kCPU));
-  return at::linalg_vector_norm(at::cat(flat).to(at::kComplexDouble).abs(), p).to(out);
-}
+using totalnorm::testing::expect_close;
+using totalnorm::testing::kInf;
+using totalnorm::testing::reference;
 
 std::vector<at::Tensor> sample_tensors(const at::TensorOptions& options) {
   return {at::randn({37, 5}, options), at::randn({}, options), at::empty({0, 3}, options),
           at::randn({3, 1000}, options).t(), at::randn({70001}, options)};
-}
-
-void expect_close(const at::Tensor& got, const at::Tensor& want, double rtol) {
-  ASSERT_EQ(got.scalar_type(), want.scalar_type());
-  ASSERT_EQ(got.dim(), 0);
-  const double g = got.item<double>();
-  const double w = want.item<double>();
-  if (std::isnan(w)) {
-    EXPECT_TRUE(std::isnan(g));
-  } else {
-    EXPECT_NEAR(g, w, rtol * std::fabs(w)) << "got " << g << " want " << w;
-  }
 }
 
 class TotalNorm : public ::testing::TestWithParam<c10::DeviceType> {
@@ -164,6 +149,31 @@ TEST_P(TotalNorm, ClipGradNormMatchesTorch) {
     EXPECT_NEAR(got.item<double>(), want, 1.2e-7 * want);
     EXPECT_TRUE(torch::allclose(ours->weight.grad(), theirs->weight.grad(), 1e-6, 1e-7));
     EXPECT_TRUE(torch::allclose(ours->bias.grad(), theirs->bias.grad(), 1e-6, 1e-7));
+  }
+}
+
+TEST_P(TotalNorm, ManyTensorsCrossTheLaunchTableLimit) {
+  at::manual_seed(5);
+  std::vector<at::Tensor> tensors;
+  for (int i = 0; i < 5000; ++i) tensors.push_back(at::randn({1 + (i * 37) % 301}, options()));
+  for (double p : {2.0, kInf, 3.0}) {
+    const bool fast = p == 2.0 || std::isinf(p);
+    expect_close(totalnorm::total_norm(tensors, p).cpu(), reference(tensors, p, at::kFloat), fast ? 1.2e-7 : 1e-6);
+  }
+}
+
+TEST_P(TotalNorm, MixedDtypesInOneList) {
+  at::manual_seed(6);
+  std::vector<at::Tensor> tensors;
+  for (auto dtype : {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble, at::kComplexFloat, at::kComplexDouble}) {
+    tensors.push_back(at::randn({1001}, options(dtype)));
+    tensors.push_back(at::randn({7, 3}, options(dtype)).t());
+  }
+  for (double p : {0.0, 1.0, 2.0, kInf, -kInf, 3.0, -1.0}) {
+    SCOPED_TRACE(p);
+    const at::Tensor got = totalnorm::total_norm(tensors, p);
+    EXPECT_EQ(got.scalar_type(), at::kDouble);
+    expect_close(got.cpu(), reference(tensors, p, at::kDouble), 1e-13);
   }
 }
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The one-command GPU suite, for a machine with a CUDA GPU and this repository:
+# build (library + GoogleTest), GPU tests (GoogleTest and pytest), compute-sanitizer
+# memcheck and racecheck on the GoogleTest binary, then the GPU benchmark; a short
+# table last. Fits one 10-minute call on an H100 machine.
+#
+#   bash benchmarks/gpu_suite.sh            # logs and the benchmark table go to $OUT or build-gpu/out
+#   SKIP="pytest racecheck" bash benchmarks/gpu_suite.sh   # leave steps out
+#
+# GoogleTest sources come from /usr/src/googletest, or from .gtest/ in the repo
+# root (a copy carried to machines without the Debian package).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-$root/build-gpu/out}
+build=$root/build-gpu
+python=${PYTHON:-python3}
+mkdir -p "$out" "$build"
+cd "$root"
+
+gtest_src=/usr/src/googletest
+[ -f "$gtest_src/CMakeLists.txt" ] || gtest_src=$root/.gtest
+
+summary=()
+failed=0
+step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records status and time
+  local name=$1
+  shift
+  case " ${SKIP:-} " in *" $name "*) summary+=("| $name | skipped | - |"); return 0 ;; esac
+  local t0=$SECONDS
+  echo "=== $name: $*"
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$out/$name.log"
+  summary+=("| $name | $([ $rc -eq 0 ] && echo pass || echo "FAIL ($rc)") | $((SECONDS - t0)) s |")
+  [ $rc -eq 0 ] || failed=1
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+
+step configure cmake -S . -B "$build" -GNinja -DCMAKE_BUILD_TYPE=Release -DTOTALNORM_WITH_CUDA=ON \
+  -DTOTALNORM_GTEST_SOURCE_DIR="$gtest_src" -DPython3_EXECUTABLE="$(command -v "$python")"
+step build cmake --build "$build" -j "$(nproc)" || { printf '%s\n' "${summary[@]}"; exit 1; }
+# The Python package in place, with the library just built (no second build).
+cp "$build/libtotalnorm.so" totalnorm/libtotalnorm.so
+export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
+
+step gtest "$build/test/csrc/totalnorm_tests" --gtest_brief=1
+step pytest "$python" -m pytest -q -p no:cacheprovider test/python
+cuda_tests='*cuda*:*CUDA*:*Cuda*'
+step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
+  "$build/test/csrc/totalnorm_tests" --gtest_filter="$cuda_tests" --gtest_brief=1
+step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
+  "$build/test/csrc/totalnorm_tests" --gtest_filter="$cuda_tests" --gtest_brief=1
+step benchmark "$python" benchmarks/bench_gpu.py --out "$out/bench_gpu.md"
+
+echo
+echo "| step | status | time |"
+echo "|---|---|---|"
+printf '%s\n' "${summary[@]}"
+echo
+cat "$out/bench_gpu.md" 2>/dev/null
+exit $failed
