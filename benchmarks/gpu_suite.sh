@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one-command GPU suite, for a machine with a CUDA GPU and this repository:
-# build (library + GoogleTest), GPU tests (GoogleTest and pytest), compute-sanitizer
+# build (library + GoogleTest), GPU tests (ctest: GoogleTest, examples, TorchScript,
+# CMake package; pytest), compute-sanitizer
 # memcheck and racecheck on the GoogleTest binary, then the GPU benchmark; a short
 # table last. Fits one 10-minute call on an H100 machine.
 #
@@ -45,8 +46,9 @@ step build cmake --build "$build" -j "$(nproc)" || { printf '%s\n' "${summary[@]
 cp "$build/libtotalnorm.so" totalnorm/libtotalnorm.so
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
 
-step gtest "$build/test/csrc/totalnorm_tests" --gtest_brief=1
-step pytest "$python" -m pytest -q -p no:cacheprovider test/python
+step ctest ctest --test-dir "$build" --output-on-failure -j 8
+xdist=$("$python" -c "import xdist" 2>/dev/null && echo "-n 8")
+step pytest "$python" -m pytest -q -p no:cacheprovider $xdist test/python
 cuda_tests='*cuda*:*CUDA*:*Cuda*'
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
   "$build/test/csrc/totalnorm_tests" --gtest_filter="$cuda_tests" --gtest_brief=1

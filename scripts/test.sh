@@ -12,7 +12,7 @@ gtest_dir=${TOTALNORM_GTEST_SOURCE_DIR:-/usr/src/googletest}
 
 # The Python package first, from the shared build tree (objects are reused below).
 TOTALNORM_CMAKE_BUILD_DIR=$build "$python" -m pip install -q --no-build-isolation --no-deps . 
-cmake -S . -B "$build" -GNinja -DCMAKE_BUILD_TYPE=Release -DTOTALNORM_BUILD_TESTS=ON \
+cmake -S . -B "$build" -GNinja -DCMAKE_BUILD_TYPE=Release -DTOTALNORM_BUILD_TESTS=ON -DTOTALNORM_BUILD_EXAMPLES=ON \
   -DCMAKE_LIBRARY_OUTPUT_DIRECTORY= -DTOTALNORM_GTEST_SOURCE_DIR="$gtest_dir" \
   -DPython3_EXECUTABLE="$(command -v "$python")" >/dev/null
 cmake --build "$build"

@@ -7,6 +7,7 @@ are thin, typed wrappers that turn Python iterables into tensor lists.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -67,9 +68,13 @@ def total_norm(
         An empty list gives ``torch.tensor(0.0)``.
     """
     del foreach
-    return torch.ops.totalnorm.total_norm(
-        _as_tensor_list("tensors", "total_norm", tensors), float(norm_type), error_if_nonfinite, dtype
-    )
+    items = _as_tensor_list("tensors", "total_norm", tensors)
+    if not items and torch.compiler.is_compiling():
+        # An empty list gives fake tensors no device to follow; the SPEC's zero is built here.
+        if math.isnan(float(norm_type)):
+            raise RuntimeError("total_norm: norm_type must not be NaN; use a number, inf or -inf")
+        return torch.zeros(())
+    return torch.ops.totalnorm.total_norm(items, float(norm_type), error_if_nonfinite, dtype)
 
 
 def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -178,7 +178,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// data *= coef for every element, in the element type's opmath, like mul_.
+// data *= coef for every element, in the element type's opmath, like torch's
+// _foreach_mul_ on CUDA, which first rounds the coefficient to the data's dtype.
 template <class T, int Cap>
 __global__ void __launch_bounds__(kThreads)
     scale_kernel(const __grid_constant__ TensorTable<Cap> table, const double* __restrict__ coef) {
