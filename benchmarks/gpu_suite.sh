@@ -18,6 +18,14 @@ python=${PYTHON:-python3}
 mkdir -p "$out" "$build"
 cd "$root"
 
+# A toolchain that links libstdc++ statically (the lent H100 image's default
+# CXX, /opt/gcc/bin/g++) makes every error raised by the ops crash Python; the
+# system g++ links it dynamically. TOTALNORM_CXX picks another compiler.
+cxx=${TOTALNORM_CXX:-$([ -x /usr/bin/g++ ] && echo /usr/bin/g++)}
+if [ -n "$cxx" ]; then
+  export CXX=$cxx CUDAHOSTCXX=$cxx
+fi
+
 gtest_src=/usr/src/googletest
 [ -f "$gtest_src/CMakeLists.txt" ] || gtest_src=$root/.gtest
 

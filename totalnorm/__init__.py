@@ -26,14 +26,25 @@ torch.ops.load_library(library_path())
 TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 
 
-def _as_tensor_list(name: str, fn: str, tensors: TensorOrTensors) -> list[torch.Tensor]:
+def _as_tensor_list(tensors: TensorOrTensors) -> list[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         return [tensors]
-    items = list(tensors)
-    for i, t in enumerate(items):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{fn}: {name}[{i}] is a {type(t).__name__}, not a Tensor")
-    return items
+    return tensors if type(tensors) is list else list(tensors)
+
+
+def _call(op, fn: str, name: str, items: list, *args):
+    """Calls `op`; when it rejects its list, names the first entry that is not a Tensor.
+
+    The entries are only inspected on failure: a loop over thousands of tensors in
+    Python would cost more than the reduction itself.
+    """
+    try:
+        return op(items, *args)
+    except (TypeError, RuntimeError):
+        for i, t in enumerate(items):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{fn}: {name}[{i}] is a {type(t).__name__}, not a Tensor") from None
+        raise
 
 
 def total_norm(
@@ -68,17 +79,21 @@ def total_norm(
         An empty list gives ``torch.tensor(0.0)``.
     """
     del foreach
-    items = _as_tensor_list("tensors", "total_norm", tensors)
+    items = _as_tensor_list(tensors)
     if not items and torch.compiler.is_compiling():
         # An empty list gives fake tensors no device to follow; the SPEC's zero is built here.
         if math.isnan(float(norm_type)):
             raise RuntimeError("total_norm: norm_type must not be NaN; use a number, inf or -inf")
         return torch.zeros(())
-    return torch.ops.totalnorm.total_norm(items, float(norm_type), error_if_nonfinite, dtype)
+    return _call(torch.ops.totalnorm.total_norm.default, "total_norm", "tensors", items,
+                 float(norm_type), error_if_nonfinite, dtype)
 
 
 def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    params = _as_tensor_list("parameters", fn, parameters)
+    params = _as_tensor_list(parameters)
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"{fn}: parameters[{i}] is a {type(p).__name__}, not a Tensor")
     return params, [p.grad for p in params if p.grad is not None]
 
 
