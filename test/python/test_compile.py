@@ -168,3 +168,28 @@ def test_torchscript_calls_the_same_op(device):
     tensors = [sample((100,), device=device), sample((3, 3), torch.float64, device=device)]
     for p in (2.0, 0.5, math.inf):
         assert_bitwise_equal(scripted(tensors, p), totalnorm.total_norm(tensors, p))
+
+
+def test_compile_training_step_with_clipping_matches_eager(device):
+    # The README's torch.compile example: backward runs eagerly, the step (clip + SGD update) is one graph.
+    def make_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)).to(device)
+
+    def train_step(model: torch.nn.Module, lr: float = 0.1) -> torch.Tensor:
+        norm = totalnorm.clip_grad_norm_(model.parameters(), max_norm=0.5)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sub_(lr * p.grad)
+        return norm
+
+    eager_model, compiled_model = make_model(), make_model()
+    compiled_step = torch.compile(train_step, fullgraph=True, backend="aot_eager")
+    for step in range(3):
+        x = sample((32, 8), device=device, seed=step)
+        for model in (eager_model, compiled_model):
+            model.zero_grad()
+            model(x).square().mean().backward()
+        assert_bitwise_equal(compiled_step(compiled_model), train_step(eager_model))
+        for a, b in zip(compiled_model.parameters(), eager_model.parameters()):
+            assert_bitwise_equal(a, b)
