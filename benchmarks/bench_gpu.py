@@ -124,7 +124,7 @@ def main() -> None:
             target: str, met: bool, bandwidth: bool) -> None:
         gbs = nbytes(tensors) / ours_ms / 1e6
         rows.append([
-            name, f"{len(tensors)}", f"{nbytes(tensors) / 1e9:.3f}", f"{ours_ms:.3f}", f"{torch_ms:.3f}",
+            props.name, name, f"{len(tensors)}", f"{nbytes(tensors) / 1e9:.3f}", f"{ours_ms:.3f}", f"{torch_ms:.3f}",
             "-" if foreach_ms is None else f"{foreach_ms:.3f}", f"{torch_ms / ours_ms:.1f}x",
             f"{gbs:.0f}", f"{gbs / copy_gbs:.2f}" if bandwidth else "-", target, "met" if met else "NOT met",
         ])
@@ -167,7 +167,7 @@ def main() -> None:
     theirs_g = device_time_ms(graph_of(lambda: torch.nn.utils.get_total_norm(ts)))
     row("(d) (c) in a CUDA graph, replay", ts, ours_g, theirs_g, None, "faster than torch", ours_g < theirs_g, False)
 
-    header = ["workload", "tensors", "GB", "totalnorm ms", "torch ms", "_foreach_norm ms", "speedup",
+    header = ["machine", "workload", "tensors", "GB", "totalnorm ms", "torch ms", "_foreach_norm ms", "speedup",
               "totalnorm GB/s", "of copy BW", "target", "status"]
     lines = [
         f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
