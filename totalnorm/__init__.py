@@ -82,11 +82,16 @@ def total_norm(
     items = _as_tensor_list(tensors)
     if not items and torch.compiler.is_compiling():
         # An empty list gives fake tensors no device to follow; the SPEC's zero is built here.
-        if math.isnan(float(norm_type)):
-            raise RuntimeError("total_norm: norm_type must not be NaN; use a number, inf or -inf")
+        _check_norm_type("total_norm", norm_type)
         return torch.zeros(())
     return _call(torch.ops.totalnorm.total_norm.default, "total_norm", "tensors", items,
                  float(norm_type), error_if_nonfinite, dtype)
+
+
+def _check_norm_type(fn: str, norm_type: float) -> None:
+    """The op's own norm_type check, for the paths that build their zero without it."""
+    if math.isnan(float(norm_type)):
+        raise RuntimeError(f"{fn}: norm_type must not be NaN; use a number, inf or -inf")
 
 
 def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -108,10 +113,9 @@ def get_total_norm(
     """
     params, grads = _grads("get_total_norm", parameters)
     if params and not grads:
-        # Same argument checks as the op, then the SPEC's zero.
-        torch.ops.totalnorm.total_norm([], float(norm_type), False, None)
+        _check_norm_type("get_total_norm", norm_type)
         return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
-    return torch.ops.totalnorm.total_norm(grads, float(norm_type), error_if_nonfinite, None)
+    return torch.ops.totalnorm.total_norm.default(grads, float(norm_type), error_if_nonfinite, None)
 
 
 def clip_grad_norm_(

@@ -24,25 +24,22 @@ namespace {
 constexpr int64_t kBlockElements = 1 << 16;
 constexpr int64_t kMaxBlocks = 4096;
 
+#if defined(TOTALNORM_HAVE_AVX2_KERNELS)
 bool has_avx2() {
-#if defined(__x86_64__) && defined(TOTALNORM_HAVE_AVX2_KERNELS)
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
          __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
-#else
-  return false;
-#endif
 }
+#endif
 
 // TOTALNORM_CPU_ISA=portable forces the portable loops (tests compare the two).
 const Kernels& loops() {
   static const Kernels chosen = [] {
+#if defined(TOTALNORM_HAVE_AVX2_KERNELS)
     const char* forced = std::getenv("TOTALNORM_CPU_ISA");
     const bool portable_only = forced != nullptr && std::strcmp(forced, "portable") == 0;
-#if defined(TOTALNORM_HAVE_AVX2_KERNELS)
     if (!portable_only && has_avx2()) return avx2::kernels();
 #endif
-    (void)portable_only;
     return portable::kernels();
   }();
   return chosen;
