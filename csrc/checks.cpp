@@ -1,11 +1,11 @@
 #include "checks.h"
 
-#include <c10/core/ScalarType.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/MemoryOverlap.h>
+#include <c10/core/DispatchKey.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
-
-#include "backend.h"
 
 namespace totalnorm {
 
@@ -25,11 +25,21 @@ bool is_accepted_dtype(at::ScalarType t) {
   }
 }
 
+// A device is supported when a backend registered the per-device step for it.
+bool has_backend(const c10::Device& device) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("totalnorm::partials", "");
+  return op.hasKernelForDispatchKey(c10::computeDispatchKey(std::nullopt, at::kStrided, device));
+}
+
 }  // namespace
 
-void check_arguments(const char* fn, const char* arg, at::TensorList tensors, double norm_type,
-                     std::optional<at::ScalarType> dtype, bool backends) {
+void check_norm_type(const char* fn, double norm_type) {
   TORCH_CHECK(!std::isnan(norm_type), fn, ": norm_type must not be NaN; use a number, inf or -inf");
+}
+
+void check_arguments(const char* fn, const char* arg, at::TensorList tensors, double norm_type,
+                     std::optional<at::ScalarType> dtype) {
+  check_norm_type(fn, norm_type);
   TORCH_CHECK_TYPE(!dtype || at::isFloatingType(*dtype), fn,
                    ": dtype must be a floating dtype (float16, bfloat16, float32 or float64), got ",
                    *dtype);
@@ -42,9 +52,49 @@ void check_arguments(const char* fn, const char* arg, at::TensorList tensors, do
                      t.scalar_type(),
                      "; accepted dtypes are float16, bfloat16, float32, float64, complex64 and "
                      "complex128");
-    TORCH_CHECK(!backends || find_backend(t.device().type()) != nullptr, fn, ": ", arg, "[", i,
-                "] is on device ", t.device(), ", which this build of totalnorm does not support");
+    TORCH_CHECK(has_backend(t.device()), fn, ": ", arg, "[", i, "] is on device ", t.device(),
+                ", which this build of totalnorm does not support");
+    TORCH_CHECK(t.is_meta() == tensors[0].is_meta(), fn, ": ", arg, "[", i, "] is on device ",
+                t.device(), " but ", arg, "[0] is on ", tensors[0].device(),
+                "; meta tensors have no values to combine with real ones");
   }
+}
+
+void check_writable(const char* fn, const char* arg, at::TensorList tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(at::has_internal_overlap(tensors[i]) != at::MemOverlap::Yes, fn, ": ", arg, "[", i,
+                "] has elements that share memory (an expanded view); it cannot be scaled in place");
+  }
+}
+
+void check_one_device(const char* fn, const char* arg, at::TensorList tensors) {
+  for (size_t i = 1; i < tensors.size(); ++i) {
+    TORCH_CHECK(tensors[i].device() == tensors[0].device(), fn, ": ", arg, "[", i, "] is on ",
+                tensors[i].device(), " but ", arg, "[0] is on ", tensors[0].device(),
+                "; this step takes the tensors of one device");
+  }
+}
+
+void check_partials(const char* fn, const at::Tensor& partials) {
+  const c10::SymInt& n = partials.sym_numel();  // symbolic under torch.compile's dynamic shapes
+  TORCH_CHECK(partials.scalar_type() == at::kDouble && n % 2 == 0 && n > 0, fn,
+              ": partials must be a non-empty float64 tensor of (count, accumulation) pairs, got ",
+              partials.scalar_type(), " with ", n, " elements");
+}
+
+void check_coef(const char* fn, const at::Tensor& coef, const c10::Device& device) {
+  TORCH_CHECK(coef.dim() == 0 && at::isFloatingType(coef.scalar_type()), fn,
+              ": coef must be a 0-dim floating tensor, got ", coef.dim(), "-dim ", coef.scalar_type());
+  TORCH_CHECK(coef.device() == device, fn, ": coef is on ", coef.device(), " but the tensors are on ",
+              device);
+}
+
+void check_finite(const char* fn, const at::Tensor& total, double norm_type, bool error_if_nonfinite) {
+  if (!error_if_nonfinite || total.is_meta()) return;
+  const double value = total.item<double>();
+  TORCH_CHECK(std::isfinite(value), fn, ": the total norm of order ", norm_type, " is ", value,
+              " and error_if_nonfinite=True; pass error_if_nonfinite=False to get the non-finite norm "
+              "back (clipping by it would zero or NaN the gradients)");
 }
 
 at::ScalarType result_dtype(at::TensorList tensors, std::optional<at::ScalarType> dtype) {

@@ -186,6 +186,23 @@ TOTALNORM_HD double finalize_norm(Order o, double acc, double p) {
   }
 }
 
+// What a device (or a rank) hands on for one order: how many elements it read
+// and their combined contribution. Partials merge in a fixed order; the element
+// count makes "no elements at all" recognisable after the merge (its norm is 0
+// for every order, whatever the accumulation's identity would finalize to).
+struct Partial {
+  double count;
+  double acc;
+};
+
+TOTALNORM_HD Partial merge_partials(Order o, Partial a, Partial b) {
+  return Partial{a.count + b.count, combine_partials(o, a.acc, b.acc)};
+}
+
+TOTALNORM_HD double finalize_partial(Order o, Partial a, double p) {
+  return a.count == 0.0 ? 0.0 : finalize_norm(o, a.acc, p);
+}
+
 // The clip coefficient clamp(max_norm / (total + 1e-6), max=1), rounded step by
 // step to `Out` with arithmetic in `Opmath`, as torch.nn.utils.clip_grad_norm_
 // computes it with tensor ops. NaN stays NaN.

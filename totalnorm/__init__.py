@@ -8,6 +8,7 @@ are thin, typed wrappers that turn Python iterables into tensor lists.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -47,6 +48,26 @@ def _call(op, fn: str, name: str, items: list, *args):
         raise
 
 
+def _as_norm_type(fn: str, norm_type) -> float:
+    """norm_type as the op's float, with an error naming it for what float() rejects."""
+    if isinstance(norm_type, (complex, str, bytes)) or norm_type is None:
+        raise TypeError(f"{fn}: norm_type must be a real number (or inf, -inf), got {norm_type!r}")
+    return float(norm_type)
+
+
+def _across_ranks(items: list, group) -> bool:
+    """Whether the call needs a collective: a group was given, or a DTensor is in the list."""
+    if group is not None:
+        return True
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    if dtensor_module is None:  # DTensor was never imported, so there is none to find
+        return False
+    dtensor = dtensor_module.DTensor
+    if torch.compiler.is_compiling():
+        return any(isinstance(t, dtensor) for t in items)
+    return any(issubclass(kind, dtensor) for kind in set(map(type, items)))
+
+
 def total_norm(
     tensors: TensorOrTensors,
     norm_type: float = 2.0,
@@ -54,6 +75,7 @@ def total_norm(
     foreach: Optional[bool] = None,
     *,
     dtype: Optional[torch.dtype] = None,
+    group=None,
 ) -> torch.Tensor:
     """The p-norm of all elements of ``tensors``, as if they were concatenated.
 
@@ -73,19 +95,28 @@ def total_norm(
             always a single fused reduction.
         dtype: the result dtype (a floating dtype); default: the promotion of
             the inputs' real dtypes.
+        group: a ``torch.distributed`` process group over which the tensors
+            are parts of one gradient (pipeline stages, hand-made shards); see
+            :mod:`totalnorm.distributed`. DTensors need no group: their meshes
+            give it.
 
     Returns:
         A 0-dim tensor on the first tensor's device that never requires grad.
-        An empty list gives ``torch.tensor(0.0)``.
+        An empty list gives ``torch.tensor(0.0)``. Across ranks: a plain tensor,
+        bitwise the same on every rank.
     """
     del foreach
     items = _as_tensor_list(tensors)
+    p = _as_norm_type("total_norm", norm_type)
+    if _across_ranks(items, group):
+        from . import distributed
+
+        return distributed.norm_across("total_norm", "tensors", items, p, error_if_nonfinite, dtype, group)
     if not items and torch.compiler.is_compiling():
         # An empty list gives fake tensors no device to follow; the SPEC's zero is built here.
-        _check_norm_type("total_norm", norm_type)
+        _check_norm_type("total_norm", p)
         return torch.zeros(())
-    return _call(torch.ops.totalnorm.total_norm.default, "total_norm", "tensors", items,
-                 float(norm_type), error_if_nonfinite, dtype)
+    return _call(torch.ops.totalnorm.total_norm.default, "total_norm", "tensors", items, p, error_if_nonfinite, dtype)
 
 
 def _check_norm_type(fn: str, norm_type: float) -> None:
@@ -103,19 +134,25 @@ def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], li
 
 
 def get_total_norm(
-    parameters: TensorOrTensors, norm_type: float = 2.0, error_if_nonfinite: bool = False
+    parameters: TensorOrTensors, norm_type: float = 2.0, error_if_nonfinite: bool = False, *, group=None
 ) -> torch.Tensor:
     """The p-norm of the gradients of ``parameters`` (the seed's API).
 
     Parameters whose ``.grad`` is None are skipped; a generator is consumed once.
     No parameters give ``torch.tensor(0.0)``; parameters without any gradient
-    give a zero on the first parameter's device, in its dtype.
+    give a zero on the first parameter's device, in its dtype. ``group`` and
+    DTensor gradients work as in :func:`total_norm`.
     """
     params, grads = _grads("get_total_norm", parameters)
+    p = _as_norm_type("get_total_norm", norm_type)
+    if _across_ranks(params, group):
+        from . import distributed
+
+        return distributed.norm_across("get_total_norm", "grads", grads, p, error_if_nonfinite, None, group)
     if params and not grads:
-        _check_norm_type("get_total_norm", norm_type)
+        _check_norm_type("get_total_norm", p)
         return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
-    return torch.ops.totalnorm.total_norm.default(grads, float(norm_type), error_if_nonfinite, None)
+    return torch.ops.totalnorm.total_norm.default(grads, p, error_if_nonfinite, None)
 
 
 def clip_grad_norm_(
@@ -124,6 +161,8 @@ def clip_grad_norm_(
     norm_type: float = 2.0,
     error_if_nonfinite: bool = False,
     foreach: Optional[bool] = None,
+    *,
+    group=None,
 ) -> torch.Tensor:
     """Clips the gradients of ``parameters`` in place; a drop-in for
     ``torch.nn.utils.clip_grad_norm_``.
@@ -132,12 +171,17 @@ def clip_grad_norm_(
     ``clamp(max_norm / (total + 1e-6), max=1)`` on the device: no host branch
     and no host synchronisation (unless ``error_if_nonfinite``, which checks the
     norm before any gradient is touched). ``foreach`` is accepted and ignored.
+    ``group`` and DTensor gradients work as in :func:`total_norm`; every local
+    gradient, replicas included, is scaled by the same coefficient.
 
     Returns:
         The total norm of the gradients before clipping.
     """
     del foreach
-    _, grads = _grads("clip_grad_norm_", parameters)
-    return torch.ops.totalnorm.clip_grad_norm_(
-        grads, float(max_norm), float(norm_type), error_if_nonfinite
-    )
+    params, grads = _grads("clip_grad_norm_", parameters)
+    p = _as_norm_type("clip_grad_norm_", norm_type)
+    if _across_ranks(params, group):
+        from . import distributed
+
+        return distributed.clip_across_("clip_grad_norm_", "grads", grads, float(max_norm), p, error_if_nonfinite, group)
+    return torch.ops.totalnorm.clip_grad_norm_(grads, float(max_norm), p, error_if_nonfinite)

@@ -10,6 +10,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace totalnorm {
@@ -35,6 +36,27 @@ at::Tensor get_total_norm(const std::vector<at::Tensor>& parameters, double norm
 // Returns the norm before clipping, like torch::nn::utils::clip_grad_norm_.
 at::Tensor clip_grad_norm_(const std::vector<at::Tensor>& parameters, double max_norm,
                            double norm_type = 2.0, bool error_if_nonfinite = false);
+
+// The steps total_norm and clip_grad_norm_ are made of, for code that combines
+// norms across devices or processes itself (see totalnorm/distributed.h).
+//
+// partials: the tensors (all on one device) reduced to a float64 pair
+// (element count, combined contribution of order norm_type) on that device.
+at::Tensor partials(at::TensorList tensors, double norm_type = 2.0);
+// Rows of pairs (shape [n, 2], or [2n]) merged in row order into one pair.
+at::Tensor combine(const at::Tensor& partials, double norm_type = 2.0);
+// Rows of pairs merged in row order and finalized into the norm, rounded once to
+// dtype. error_if_nonfinite raises on a NaN or infinite norm (reading it on the host).
+at::Tensor finalize(const at::Tensor& partials, double norm_type, at::ScalarType dtype,
+                    bool error_if_nonfinite = false);
+// finalize, plus the clip coefficient clamp(max_norm / (norm + 1e-6), max=1) in
+// the norm's dtype, computed on the partials' device.
+std::tuple<at::Tensor, at::Tensor> finalize_clip(const at::Tensor& partials, double norm_type,
+                                                 at::ScalarType dtype, double max_norm,
+                                                 bool error_if_nonfinite = false);
+// Multiplies every tensor in place by the 0-dim coefficient (as finalize_clip
+// returns it), with the rounding of torch's `t.mul_(coef)` on that device.
+void scale_(at::TensorList tensors, const at::Tensor& coef);
 
 // Returns true once the operators are registered with the dispatcher. Calling it
 // keeps the linker from dropping libtotalnorm from a program that only loads

@@ -4,8 +4,9 @@
 // into near-equal ranges, one per block; the table of tensors travels by value
 // as a __grid_constant__ kernel parameter (up to 2040 tensors a launch), so
 // there is no host-to-device copy and CUDA-graph capture records it as is. Each
-// block writes one float64 partial; one more single-block launch combines the
-// partials in a fixed order, finalizes and rounds once. No floating-point
+// block writes one float64 accumulation; one more single-block launch merges
+// them in a fixed order into the device's (count, accumulation) pair, and
+// finalize merges pairs, finalizes and rounds once. No floating-point
 // atomics, no host synchronisation.
 
 #include <ATen/ATen.h>
@@ -22,7 +23,7 @@
 #include <atomic>
 #include <vector>
 
-#include "../backend.h"
+#include "../checks.h"
 #include "../plan.h"
 
 namespace totalnorm::cuda {
@@ -90,6 +91,7 @@ __device__ __forceinline__ double contribution(double2 z, double p) {
 template <class Combine>
 __device__ double block_reduce(double v, double identity, Combine combine) {
   __shared__ double warp_partials[kWarps];
+  __syncthreads();  // a previous call's readers are done with warp_partials
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   for (int offset = 16; offset > 0; offset /= 2) v = combine(v, __shfl_down_sync(0xffffffffu, v, offset));
@@ -163,26 +165,41 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
+// Merges partials in a fixed order in one block. `values` holds bare block
+// accumulations (stride 1, covering `count` elements in all) or (count,
+// accumulation) rows (stride 2). Writes the merged pair to `pair` and/or the
+// norm rounded once to Out to `total`, and the clip coefficient to `coef`.
 template <class Out>
 __global__ void __launch_bounds__(kThreads)
-    finalize_kernel(const double* __restrict__ partials, int64_t n, Order order, double p, Out* total,
-                    double max_norm, double* coef) {
-  double acc = identity_of(order);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc = combine_partials(order, acc, partials[i]);
-  acc = block_reduce(acc, identity_of(order), [order](double a, double b) { return combine_partials(order, a, b); });
+    fold_kernel(const double* __restrict__ values, int64_t n, int stride, double count, Order order, double p,
+                double* pair, Out* total, double max_norm, Out* coef) {
+  Partial part{0.0, identity_of(order)};
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const Partial next = stride == 2 ? Partial{values[2 * i], values[2 * i + 1]} : Partial{0.0, values[i]};
+    part = merge_partials(order, part, next);
+  }
+  part.acc = block_reduce(part.acc, identity_of(order), [order](double a, double b) { return combine_partials(order, a, b); });
+  part.count = block_reduce(part.count, 0.0, [](double a, double b) { return a + b; });
   if (threadIdx.x == 0) {
-    // Rounded once, through the same conversion torch's .to(dtype) uses.
-    const Out norm = static_cast<Out>(finalize_norm(order, acc, p));
-    *total = norm;
-    if (coef != nullptr) *coef = static_cast<double>(clip_coefficient<Out, at::opmath_type<Out>>(norm, max_norm));
+    if (stride == 1) part.count = count;
+    if (pair != nullptr) {
+      pair[0] = part.count;
+      pair[1] = part.acc;
+    }
+    if (total != nullptr) {
+      // Rounded once, through the same conversion torch's .to(dtype) uses.
+      const Out norm = static_cast<Out>(finalize_partial(order, part, p));
+      *total = norm;
+      if (coef != nullptr) *coef = clip_coefficient<Out, at::opmath_type<Out>>(norm, max_norm);
+    }
   }
 }
 
 // data *= coef for every element, in the element type's opmath, like torch's
 // _foreach_mul_ on CUDA, which first rounds the coefficient to the data's dtype.
-template <class T, int Cap>
+template <class T, class Coef, int Cap>
 __global__ void __launch_bounds__(kThreads)
-    scale_kernel(const __grid_constant__ TensorTable<Cap> table, const double* __restrict__ coef) {
+    scale_kernel(const __grid_constant__ TensorTable<Cap> table, const Coef* __restrict__ coef) {
   using opmath = at::opmath_type<T>;
   const opmath c = static_cast<opmath>(static_cast<T>(*coef));
   auto scale = [c](T& x) { x = static_cast<T>(static_cast<opmath>(x) * c); };
@@ -342,7 +359,24 @@ void launch_reduce_order(Order order, Storage s, const Spans& spans, const Plan&
   }
 }
 
-at::Tensor partials_cuda(at::TensorList tensors, Order order, double p) {
+void launch_fold(const at::Tensor& values, int stride, double count, Order order, double p, at::Tensor* pair,
+                 at::Tensor* total, std::optional<double> max_norm, at::Tensor* coef) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::ScalarType out = total != nullptr ? total->scalar_type() : at::kDouble;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out, "totalnorm_fold", [&] {
+    fold_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+        values.const_data_ptr<double>(), values.numel() / stride, stride, count, order, p,
+        pair != nullptr ? pair->mutable_data_ptr<double>() : nullptr,
+        total != nullptr ? total->mutable_data_ptr<scalar_t>() : nullptr, max_norm.value_or(0.0),
+        coef != nullptr ? coef->mutable_data_ptr<scalar_t>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
+  check_arguments("partials", "tensors", tensors, norm_type, std::nullopt);
+  check_one_device("partials", "tensors", tensors);
+  const Order order = classify_order(norm_type);
   const c10::cuda::CUDAGuard guard(tensors[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const Grouped grouped = group_by_storage(tensors, order);
@@ -353,35 +387,62 @@ at::Tensor partials_cuda(at::TensorList tensors, Order order, double p) {
     plans[s] = plan_launches(grouped.spans[s].numels, limits);
     slots += plans[s].partials;
   }
-  // At least one slot, holding the identity, when this device has no elements.
-  at::Tensor workspace = at::empty({std::max<int64_t>(slots, 1)},
-                                   at::TensorOptions().dtype(at::kDouble).device(tensors[0].device()));
-  if (slots == 0) return workspace.fill_(identity_of(order));
+  const auto options = at::TensorOptions().dtype(at::kDouble).device(tensors[0].device());
+  at::Tensor workspace = at::empty({slots}, options);
   double* ws = workspace.mutable_data_ptr<double>();
   for (size_t s = 0; s < plans.size(); ++s) {
     if (plans[s].launches.empty()) continue;
-    launch_reduce_order(order, static_cast<Storage>(s), grouped.spans[s], plans[s], p, ws, stream);
+    launch_reduce_order(order, static_cast<Storage>(s), grouped.spans[s], plans[s], norm_type, ws, stream);
     ws += plans[s].partials;
   }
-  return workspace;
+  int64_t count = 0;
+  for (const auto& t : tensors) count += t.numel();
+  at::Tensor pair = at::empty({2}, options);
+  launch_fold(workspace, 1, static_cast<double>(count), order, norm_type, &pair, nullptr, std::nullopt, nullptr);
+  return pair;
 }
 
-std::pair<at::Tensor, at::Tensor> finalize_cuda(const at::Tensor& partials, Order order, double p,
-                                                at::ScalarType out, std::optional<double> max_norm) {
+at::Tensor combine_cuda(const at::Tensor& partials, double norm_type) {
+  check_norm_type("combine", norm_type);
+  check_partials("combine", partials);
   const c10::cuda::CUDAGuard guard(partials.device());
-  const at::Tensor values = partials.contiguous();
-  at::Tensor total = at::empty({}, values.options().dtype(out));
-  at::Tensor coef = max_norm ? at::empty({}, values.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out, "totalnorm_finalize", [&] {
-    finalize_kernel<scalar_t><<<1, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        values.const_data_ptr<double>(), values.numel(), order, p, total.mutable_data_ptr<scalar_t>(),
-        max_norm.value_or(0.0), coef.defined() ? coef.mutable_data_ptr<double>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  at::Tensor pair = at::empty({2}, partials.options());
+  launch_fold(partials.contiguous(), 2, 0.0, classify_order(norm_type), norm_type, &pair, nullptr, std::nullopt,
+              nullptr);
+  return pair;
+}
+
+std::tuple<at::Tensor, at::Tensor> finalize_on_cuda(const char* fn, const at::Tensor& partials, double norm_type,
+                                                    at::ScalarType dtype, std::optional<double> max_norm,
+                                                    bool error_if_nonfinite) {
+  check_arguments(fn, "partials", {}, norm_type, dtype);
+  check_partials(fn, partials);
+  const c10::cuda::CUDAGuard guard(partials.device());
+  at::Tensor total = at::empty({}, partials.options().dtype(dtype));
+  at::Tensor coef = max_norm ? at::empty_like(total) : at::Tensor();
+  launch_fold(partials.contiguous(), 2, 0.0, classify_order(norm_type), norm_type, nullptr, &total, max_norm,
+              max_norm ? &coef : nullptr);
+  check_finite(fn, total, norm_type, error_if_nonfinite);
   return {total, coef};
 }
 
+at::Tensor finalize_cuda(const at::Tensor& partials, double norm_type, at::ScalarType dtype,
+                         bool error_if_nonfinite) {
+  return std::get<0>(finalize_on_cuda("finalize", partials, norm_type, dtype, std::nullopt, error_if_nonfinite));
+}
+
+std::tuple<at::Tensor, at::Tensor> finalize_clip_cuda(const at::Tensor& partials, double norm_type,
+                                                      at::ScalarType dtype, double max_norm,
+                                                      bool error_if_nonfinite) {
+  return finalize_on_cuda("finalize_clip", partials, norm_type, dtype, max_norm, error_if_nonfinite);
+}
+
 void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
+  check_arguments("scale_", "tensors", tensors, 0.0, std::nullopt);
+  check_one_device("scale_", "tensors", tensors);
+  check_writable("scale_", "tensors", tensors);
+  if (tensors.empty()) return;
+  check_coef("scale_", coef, tensors[0].device());
   const c10::cuda::CUDAGuard guard(coef.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Dense gradients by real element type; the rest take the generic mul_.
@@ -399,26 +460,32 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
     spans[k].numels.push_back(t.numel() * (t.is_complex() ? 2 : 1));
   }
   const PlanLimits limits = limits_for(coef.device());
-  for (size_t k = 0; k < types.size(); ++k) {
-    const Plan plan = plan_launches(spans[k].numels, limits);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, types[k], "totalnorm_scale", [&] {
-      for (const Launch& l : plan.launches) {
-        for_each_table(spans[k], plan, l, [&](const auto& table) {
-          constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
-          scale_kernel<scalar_t, cap><<<l.blocks, kThreads, 0, stream>>>(table, coef.const_data_ptr<double>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      }
-    });
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "totalnorm_scale_coef", [&] {
+    using coef_t = scalar_t;
+    for (size_t k = 0; k < types.size(); ++k) {
+      const Plan plan = plan_launches(spans[k].numels, limits);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, types[k], "totalnorm_scale", [&] {
+        for (const Launch& l : plan.launches) {
+          for_each_table(spans[k], plan, l, [&](const auto& table) {
+            constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
+            scale_kernel<scalar_t, coef_t, cap>
+                <<<l.blocks, kThreads, 0, stream>>>(table, coef.const_data_ptr<coef_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+      });
+    }
+  });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(totalnorm, CUDA, m) {
-  register_backend(c10::DeviceType::CUDA, Backend{&partials_cuda, &finalize_cuda, &scale_cuda});
-  m.impl("total_norm", &total_norm_kernel);
-  m.impl("clip_grad_norm_", &clip_grad_norm_kernel);
+  m.impl("partials", &partials_cuda);
+  m.impl("combine", &combine_cuda);
+  m.impl("finalize", &finalize_cuda);
+  m.impl("finalize_clip", &finalize_clip_cuda);
+  m.impl("scale_", &scale_cuda);
 }
 
 }  // namespace totalnorm::cuda

@@ -1,0 +1,80 @@
+// The C++ API of include/totalnorm/totalnorm.h: every function is a call
+// through the dispatcher, so C++, Python and TorchScript run the same kernels.
+
+#include <totalnorm/totalnorm.h>
+
+#include <ATen/ATen.h>
+
+#include "checks.h"
+#include "dispatch.h"
+
+namespace totalnorm {
+
+at::Tensor total_norm(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
+                      std::optional<at::ScalarType> dtype) {
+  static const auto op = ops::handle<ops::TotalNormFn>("totalnorm::total_norm");
+  return op.call(tensors, norm_type, error_if_nonfinite, dtype);
+}
+
+namespace {
+
+std::vector<at::Tensor> defined_grads(const std::vector<at::Tensor>& parameters) {
+  std::vector<at::Tensor> grads;
+  grads.reserve(parameters.size());
+  for (const auto& param : parameters) {
+    if (param.defined() && param.grad().defined()) grads.push_back(param.grad());
+  }
+  return grads;
+}
+
+}  // namespace
+
+at::Tensor get_total_norm(const std::vector<at::Tensor>& parameters, double norm_type,
+                          bool error_if_nonfinite) {
+  auto grads = defined_grads(parameters);
+  if (grads.empty() && !parameters.empty()) {
+    check_norm_type("get_total_norm", norm_type);
+    return at::zeros({}, parameters[0].options());
+  }
+  return total_norm(grads, norm_type, error_if_nonfinite);
+}
+
+at::Tensor clip_grad_norm_(const std::vector<at::Tensor>& parameters, double max_norm,
+                           double norm_type, bool error_if_nonfinite) {
+  static const auto op = ops::handle<ops::ClipGradNormFn>("totalnorm::clip_grad_norm_");
+  return op.call(defined_grads(parameters), max_norm, norm_type, error_if_nonfinite);
+}
+
+at::Tensor partials(at::TensorList tensors, double norm_type) {
+  static const auto op = ops::handle<ops::PartialsFn>("totalnorm::partials");
+  return op.call(tensors, norm_type);
+}
+
+at::Tensor combine(const at::Tensor& partials, double norm_type) {
+  static const auto op = ops::handle<ops::CombineFn>("totalnorm::combine");
+  return op.call(partials, norm_type);
+}
+
+at::Tensor finalize(const at::Tensor& partials, double norm_type, at::ScalarType dtype,
+                    bool error_if_nonfinite) {
+  static const auto op = ops::handle<ops::FinalizeFn>("totalnorm::finalize");
+  return op.call(partials, norm_type, dtype, error_if_nonfinite);
+}
+
+std::tuple<at::Tensor, at::Tensor> finalize_clip(const at::Tensor& partials, double norm_type,
+                                                 at::ScalarType dtype, double max_norm,
+                                                 bool error_if_nonfinite) {
+  static const auto op = ops::handle<ops::FinalizeClipFn>("totalnorm::finalize_clip");
+  return op.call(partials, norm_type, dtype, max_norm, error_if_nonfinite);
+}
+
+void scale_(at::TensorList tensors, const at::Tensor& coef) {
+  static const auto op = ops::handle<ops::ScaleFn>("totalnorm::scale_");
+  op.call(tensors, coef);
+}
+
+bool ensure_registered() {
+  return c10::Dispatcher::singleton().findSchema({"totalnorm::total_norm", ""}).has_value();
+}
+
+}  // namespace totalnorm

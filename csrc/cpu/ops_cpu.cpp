@@ -1,0 +1,256 @@
+// The CPU kernels of the per-device steps. partials runs one parallel region
+// over all tensors of a call: their elements, seen as one concatenation, are
+// cut into fixed blocks (plan.h); threads take whole blocks, each block writes
+// one float64 accumulation, and the blocks are merged in block order, so the
+// result does not depend on the number of threads.
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../checks.h"
+#include "../plan.h"
+#include "kernels.h"
+
+namespace totalnorm::cpu {
+namespace {
+
+// Elements per block: large enough to amortise the per-block work, small enough
+// to balance two threads on a few MB. The cap bounds the partials buffer.
+constexpr int64_t kBlockElements = 1 << 16;
+constexpr int64_t kMaxBlocks = 4096;
+
+#if defined(TOTALNORM_HAVE_AVX2_KERNELS)
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+}
+#endif
+
+// TOTALNORM_CPU_ISA=portable forces the portable loops (tests compare the two).
+const Kernels& loops() {
+  static const Kernels chosen = [] {
+#if defined(TOTALNORM_HAVE_AVX2_KERNELS)
+    const char* forced = std::getenv("TOTALNORM_CPU_ISA");
+    const bool portable_only = forced != nullptr && std::strcmp(forced, "portable") == 0;
+    if (!portable_only && has_avx2()) return avx2::kernels();
+#endif
+    return portable::kernels();
+  }();
+  return chosen;
+}
+
+ElemKind elem_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf:
+      return ElemKind::Half;
+    case at::kBFloat16:
+      return ElemKind::BFloat16;
+    case at::kFloat:
+      return ElemKind::Float;
+    case at::kDouble:
+      return ElemKind::Double;
+    case at::kComplexFloat:
+      return ElemKind::ComplexFloat;
+    case at::kComplexDouble:
+      return ElemKind::ComplexDouble;
+    default:
+      TORCH_INTERNAL_ASSERT(false, "unchecked dtype ", t);
+  }
+}
+
+// The tensors' elements as one concatenation of dense storage spans. Dense
+// layouts in any order (transposed, channels_last) are used in place. For
+// reading, layouts with gaps or overlaps are copied into `copies`; for scaling,
+// which must write the tensor itself, they and 0-dim tensors (which torch
+// multiplies in the promotion of both dtypes) are left to torch's mul_ in `by_torch`.
+struct Concatenation {
+  std::vector<void*> data;
+  std::vector<at::ScalarType> dtypes;
+  std::vector<int64_t> ends;  // exclusive end of each span in the concatenation
+  std::vector<at::Tensor> copies;
+  std::vector<at::Tensor> by_torch;
+  int64_t total = 0;
+
+  Concatenation(at::TensorList tensors, bool copy_not_dense) {
+    for (const auto& t : tensors) {
+      if (t.numel() == 0) continue;
+      if ((t.dim() == 0 || !t.is_non_overlapping_and_dense()) && !copy_not_dense) {
+        by_torch.push_back(t);
+        continue;
+      }
+      const at::Tensor& dense =
+          t.is_non_overlapping_and_dense() ? t : copies.emplace_back(t.contiguous());
+      data.push_back(dense.data_ptr());
+      dtypes.push_back(dense.scalar_type());
+      total += dense.numel();
+      ends.push_back(total);
+    }
+  }
+
+  int64_t blocks() const { return block_count(total, kBlockElements, kMaxBlocks); }
+
+  // Calls visit(span, lo, hi) for the pieces of block b, in order.
+  template <class Visit>
+  void for_each_piece(int64_t blocks, int64_t b, Visit&& visit) const {
+    int64_t pos = split_point(total, blocks, b);
+    const int64_t stop = split_point(total, blocks, b + 1);
+    if (pos >= stop) return;
+    for (int64_t s = find_segment(ends.data(), static_cast<int64_t>(ends.size()), pos); pos < stop; ++s) {
+      const int64_t start = s == 0 ? 0 : ends[s - 1];
+      const int64_t until = std::min(ends[s], stop);
+      visit(s, pos - start, until - start);
+      pos = until;
+    }
+  }
+};
+
+at::Tensor partials_cpu(at::TensorList tensors, double norm_type) {
+  check_arguments("partials", "tensors", tensors, norm_type, std::nullopt);
+  check_one_device("partials", "tensors", tensors);
+  const Order order = classify_order(norm_type);
+  const Concatenation cat(tensors, /*copy_not_dense=*/true);
+  const int64_t blocks = cat.blocks();
+  std::vector<double> block_acc(static_cast<size_t>(blocks));
+  const Kernels& k = loops();
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      double acc = identity_of(order);
+      cat.for_each_piece(blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
+        acc = combine_partials(order, acc, k.reduce(order, norm_type, elem_kind(cat.dtypes[s]), cat.data[s], lo, hi));
+      });
+      block_acc[static_cast<size_t>(b)] = acc;
+    }
+  });
+  double acc = identity_of(order);
+  for (double a : block_acc) acc = combine_partials(order, acc, a);
+  at::Tensor out = at::empty({2}, at::TensorOptions().dtype(at::kDouble));
+  out.mutable_data_ptr<double>()[0] = static_cast<double>(cat.total);
+  out.mutable_data_ptr<double>()[1] = acc;
+  return out;
+}
+
+// The rows of `partials`, merged in order.
+Partial merged(const at::Tensor& partials, Order order) {
+  const at::Tensor rows = partials.contiguous();
+  const double* v = rows.const_data_ptr<double>();
+  Partial total{0.0, identity_of(order)};
+  for (int64_t i = 0; i < rows.numel(); i += 2) total = merge_partials(order, total, Partial{v[i], v[i + 1]});
+  return total;
+}
+
+at::Tensor combine_cpu(const at::Tensor& partials, double norm_type) {
+  check_norm_type("combine", norm_type);
+  check_partials("combine", partials);
+  const Partial total = merged(partials, classify_order(norm_type));
+  at::Tensor out = at::empty({2}, at::TensorOptions().dtype(at::kDouble));
+  out.mutable_data_ptr<double>()[0] = total.count;
+  out.mutable_data_ptr<double>()[1] = total.acc;
+  return out;
+}
+
+// The norm rounded once to `dtype`; with max_norm, also the clip coefficient in `dtype`.
+std::tuple<at::Tensor, at::Tensor> finalize_on_cpu(const char* fn, const at::Tensor& partials, double norm_type,
+                                                   at::ScalarType dtype, std::optional<double> max_norm,
+                                                   bool error_if_nonfinite) {
+  check_arguments(fn, "partials", {}, norm_type, dtype);
+  check_partials(fn, partials);
+  const Order order = classify_order(norm_type);
+  const double norm = finalize_partial(order, merged(partials, order), norm_type);
+  at::Tensor total = at::empty({}, at::TensorOptions().dtype(dtype));
+  at::Tensor coef;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "finalize_cpu", [&] {
+    // A plain conversion: a norm beyond the dtype's range becomes inf, as in torch.
+    const auto rounded = static_cast<scalar_t>(norm);
+    *total.mutable_data_ptr<scalar_t>() = rounded;
+    if (max_norm) {
+      coef = at::empty({}, at::TensorOptions().dtype(dtype));
+      *coef.mutable_data_ptr<scalar_t>() = clip_coefficient<scalar_t, at::opmath_type<scalar_t>>(rounded, *max_norm);
+    }
+  });
+  check_finite(fn, total, norm_type, error_if_nonfinite);
+  return {total, coef};
+}
+
+at::Tensor finalize_cpu(const at::Tensor& partials, double norm_type, at::ScalarType dtype,
+                        bool error_if_nonfinite) {
+  return std::get<0>(finalize_on_cpu("finalize", partials, norm_type, dtype, std::nullopt, error_if_nonfinite));
+}
+
+std::tuple<at::Tensor, at::Tensor> finalize_clip_cpu(const at::Tensor& partials, double norm_type,
+                                                     at::ScalarType dtype, double max_norm,
+                                                     bool error_if_nonfinite) {
+  return finalize_on_cpu("finalize_clip", partials, norm_type, dtype, max_norm, error_if_nonfinite);
+}
+
+// g *= coef with the rounding of torch's CPU `g.mul_(coef)` for a dense g of at
+// least one dimension: the 0-dim coefficient is read in g's opmath type (float
+// for half and bfloat16), not rounded to g's dtype first, and a complex g is
+// multiplied by the complex number (coef, 0), whose zero part makes inf * 0 a NaN
+// in both parts.
+template <class T>
+void scale_span(T* data, int64_t lo, int64_t hi, double coef) {
+  using opmath = at::opmath_type<T>;
+  const opmath c = static_cast<opmath>(coef);
+  for (int64_t i = lo; i < hi; ++i) data[i] = static_cast<T>(static_cast<opmath>(data[i]) * c);
+}
+
+template <class T>
+void scale_complex_span(T* data, int64_t lo, int64_t hi, double coef) {
+  using opmath = at::opmath_type<T>;
+  const opmath c = static_cast<opmath>(coef);
+  const opmath zero = 0;
+  for (int64_t i = lo; i < hi; ++i) {
+    const opmath re = static_cast<opmath>(data[2 * i]);
+    const opmath im = static_cast<opmath>(data[2 * i + 1]);
+    data[2 * i] = static_cast<T>(re * c - im * zero);
+    data[2 * i + 1] = static_cast<T>(re * zero + im * c);
+  }
+}
+
+void scale_cpu(at::TensorList tensors, const at::Tensor& coef) {
+  check_arguments("scale_", "tensors", tensors, 0.0, std::nullopt);
+  check_one_device("scale_", "tensors", tensors);
+  check_writable("scale_", "tensors", tensors);
+  if (tensors.empty()) return;
+  check_coef("scale_", coef, tensors[0].device());
+  const double c = coef.item<double>();
+  const Concatenation cat(tensors, /*copy_not_dense=*/false);
+  // torch's own mul_ for layouts the loop does not cover; for a 0-dim g it
+  // computes in the promotion of both dtypes (float64 for a float32 g and a float64 norm).
+  for (const auto& t : cat.by_torch) t.mul_(coef);
+  const int64_t blocks = cat.blocks();
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      cat.for_each_piece(blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
+        const at::ScalarType dtype = cat.dtypes[s];
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c10::toRealValueType(dtype), "scale", [&] {
+          auto* data = static_cast<scalar_t*>(cat.data[s]);
+          if (at::isComplexType(dtype)) {
+            scale_complex_span(data, lo, hi, c);
+          } else {
+            scale_span(data, lo, hi, c);
+          }
+        });
+      });
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(totalnorm, CPU, m) {
+  m.impl("partials", &partials_cpu);
+  m.impl("combine", &combine_cpu);
+  m.impl("finalize", &finalize_cpu);
+  m.impl("finalize_clip", &finalize_clip_cpu);
+  m.impl("scale_", &scale_cpu);
+}
+
+}  // namespace totalnorm::cpu

@@ -1,0 +1,86 @@
+// total_norm and clip_grad_norm_, built from the per-device steps: each device
+// reduces its own tensors to a partial (totalnorm::partials), the partials meet
+// on the first tensor's device and are finalized there (totalnorm::finalize or
+// finalize_clip), and clipping scales each device's tensors (totalnorm::scale_).
+// Registered once for every backend (CompositeExplicitAutograd); the steps are
+// dispatched to the backend of each device.
+
+#include <totalnorm/totalnorm.h>
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <utility>
+
+#include "checks.h"
+#include "norm_math.h"
+
+namespace totalnorm {
+namespace {
+
+// Tensors split by device, in order of first appearance.
+std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> group_by_device(at::TensorList tensors) {
+  std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> groups;
+  for (const auto& t : tensors) {
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == t.device(); });
+    if (it == groups.end()) {
+      groups.emplace_back(t.device(), std::vector<at::Tensor>{});
+      it = groups.end() - 1;
+    }
+    it->second.push_back(t);
+  }
+  return groups;
+}
+
+// One partial per device, stacked in order of first appearance on the first tensor's device.
+at::Tensor partials_by_device(at::TensorList tensors, double norm_type) {
+  auto groups = group_by_device(tensors);
+  if (groups.size() == 1) return partials(tensors, norm_type);
+  std::vector<at::Tensor> rows;
+  rows.reserve(groups.size());
+  for (const auto& [device, group] : groups) rows.push_back(partials(group, norm_type).to(tensors[0].device()));
+  return at::stack(rows);
+}
+
+at::Tensor empty_list_norm() { return at::zeros({}, at::TensorOptions().dtype(at::get_default_dtype())); }
+
+at::Tensor total_norm_composite(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
+                                std::optional<at::ScalarType> dtype) {
+  check_arguments("total_norm", "tensors", tensors, norm_type, dtype);
+  if (tensors.empty()) return empty_list_norm();
+  at::Tensor total = finalize(partials_by_device(tensors, norm_type), norm_type, result_dtype(tensors, dtype));
+  check_finite("total_norm", total, norm_type, error_if_nonfinite);
+  return total;
+}
+
+at::Tensor clip_grad_norm_composite(at::TensorList grads, double max_norm, double norm_type,
+                                    bool error_if_nonfinite) {
+  // Every check that can fail runs before the first gradient is written.
+  check_arguments("clip_grad_norm_", "grads", grads, norm_type, std::nullopt);
+  check_writable("clip_grad_norm_", "grads", grads);
+  if (grads.empty()) return empty_list_norm();
+  auto [total, coef] = finalize_clip(partials_by_device(grads, norm_type), norm_type,
+                                     result_dtype(grads, std::nullopt), max_norm);
+  check_finite("clip_grad_norm_", total, norm_type, error_if_nonfinite);
+  for (const auto& [device, group] : group_by_device(grads)) scale_(group, coef.to(device));
+  return total;
+}
+
+// An empty list carries no device: its partial is (0 elements, the identity)
+// on the CPU. Non-empty lists only reach this kernel from a device that no
+// backend registered, which the check reports.
+at::Tensor partials_of_nothing(at::TensorList tensors, double norm_type) {
+  check_arguments("partials", "tensors", tensors, norm_type, std::nullopt);
+  TORCH_INTERNAL_ASSERT(tensors.empty());
+  return at::tensor({0.0, identity_of(classify_order(norm_type))}, at::TensorOptions().dtype(at::kDouble));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(totalnorm, CompositeExplicitAutograd, m) {
+  m.impl("total_norm", &total_norm_composite);
+  m.impl("clip_grad_norm_", &clip_grad_norm_composite);
+  m.impl("partials", &partials_of_nothing);
+}
+
+}  // namespace totalnorm

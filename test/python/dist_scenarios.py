@@ -1,0 +1,243 @@
+"""What each rank of a test_distributed.py pool runs (imported by the ranks).
+
+Every function here runs on all ranks at once and returns what the parent
+compares: norms, clipped shards, error messages. Full (unsharded) gradients are
+built from seeds, the same on every rank and in the parent, which computes the
+exact reference from them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.debug import CommDebugMode
+from torch.distributed.tensor.placement_types import _StridedShard
+
+import totalnorm
+from reference import sample
+
+ORDERS = [0.0, 1.0, 2.0, 3.0, math.inf, -math.inf]
+
+
+def full_grads(kind: str, seed: int = 0) -> list[torch.Tensor]:
+    """Unsharded gradients: odd sizes (uneven shards, empty local shards at 4 ranks), zeros for p = 0 and -inf."""
+    if kind == "float32":
+        shapes = [(7, 5), (3, 4), (16,), (2, 9), (1, 3)]
+        return [sample(s, torch.float32, seed=seed + i, zeros_every=5) for i, s in enumerate(shapes)]
+    if kind == "mixed":
+        specs = [((7, 5), torch.float32), ((6, 3), torch.bfloat16), ((5,), torch.float64), ((4, 4), torch.float16)]
+        return [sample(s, d, seed=seed + i, zeros_every=4) for i, (s, d) in enumerate(specs)]
+    raise ValueError(kind)
+
+
+def own_grads(rank: int) -> list[torch.Tensor]:
+    """Plain tensors only this rank holds (a pipeline stage); rank 1 holds none."""
+    if rank == 1:
+        return []
+    return [sample((3 + rank, 2), torch.float32, seed=100 + rank), sample((5,), torch.float32, seed=200 + rank)]
+
+
+def _mesh(shape):
+    return init_device_mesh("cpu", shape, mesh_dim_names=tuple(f"d{i}" for i in range(len(shape))))
+
+
+def _dtensors(full, mesh, placements):
+    # src_data_rank=None: every rank cuts its shard from its own copy, no communication.
+    return [distribute_tensor(t, mesh, placements, src_data_rank=None) for t in full]
+
+
+def _placements(name: str, world: int):
+    if name == "shard0":
+        return (world,), [Shard(0)]
+    if name == "shard1":
+        return (world,), [Shard(1)]
+    if name == "replicate":
+        return (world,), [Replicate()]
+    rows = 2 if world >= 4 else 1
+    shape = (rows, world // rows)
+    return shape, {
+        "2d_shard_shard": [Shard(0), Shard(1)],
+        "2d_shard_replicate": [Shard(0), Replicate()],
+        "2d_replicate_shard": [Replicate(), Shard(0)],
+        "2d_strided": [_StridedShard(0, split_factor=shape[1]), Shard(0)],
+    }[name]
+
+
+def grads_for_layout(kind: str, layout: str) -> list[torch.Tensor]:
+    """The full gradients of `kind` that have every dimension the layout shards."""
+    _, placements = _placements(layout, 2)
+    dims = [pl.dim for pl in placements if isinstance(pl, (Shard, _StridedShard))]
+    return [t for t in full_grads(kind) if t.dim() > max(dims, default=-1)]
+
+
+def norms_of_dtensors(layout: str, kind: str) -> dict:
+    """total_norm of DTensor gradients for every order, repeated to show the bits stay."""
+    world = dist.get_world_size()
+    shape, placements = _placements(layout, world)
+    full = grads_for_layout(kind, layout)
+    grads = _dtensors(full, _mesh(shape), placements)
+    out = {}
+    for p in ORDERS:
+        first = totalnorm.total_norm(grads, p)
+        again = totalnorm.total_norm(grads, p)
+        assert torch.equal(first.view(-1), again.view(-1)) or (first.isnan() and again.isnan())
+        out[p] = first
+    return out
+
+
+def two_meshes_mixed_with_plain(p: float) -> dict:
+    """FSDP-like 1-D mesh, an expert-parallel 2-D mesh and plain tensors in one call; one collective."""
+    world = dist.get_world_size()
+    rank = dist.get_rank()
+    dense = _dtensors(full_grads("float32", seed=0), _mesh((world,)), [Shard(0)])
+    rows = 2 if world >= 4 else 1
+    experts = _dtensors(full_grads("float32", seed=50), _mesh((rows, world // rows)), [Shard(0), Replicate()])
+    plain = own_grads(rank)
+    with CommDebugMode() as comm:
+        norm = totalnorm.total_norm(dense + plain + experts, p)
+    return {"norm": norm, "collectives": comm.get_total_counts()}
+
+
+def pipeline_stages(p: float, subgroups: bool) -> dict:
+    """Plain tensors split over ranks (group=); with subgroups, two pipelines of world/2 stages each."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    group = dist.group.WORLD
+    members = list(range(world))
+    if subgroups:
+        halves = [list(range(world // 2)), list(range(world // 2, world))]
+        made = [dist.new_group(h) for h in halves]  # every rank creates every group
+        index = 0 if rank < world // 2 else 1
+        group, members = made[index], halves[index]
+    with CommDebugMode() as comm:
+        norm = totalnorm.total_norm(own_grads(rank), p, group=group)
+    return {"norm": norm, "members": members, "collectives": comm.get_total_counts()}
+
+
+def clip_dtensors(layout: str, max_norm: float, p: float) -> dict:
+    """clip_grad_norm_ over DTensor parameters; returns the norm and every local shard after clipping."""
+    world = dist.get_world_size()
+    shape, placements = _placements(layout, world)
+    mesh = _mesh(shape)
+    params = []
+    for t in full_grads("mixed"):
+        param = torch.nn.Parameter(distribute_tensor(torch.zeros_like(t), mesh, placements, src_data_rank=None))
+        param.grad = distribute_tensor(t, mesh, placements, src_data_rank=None)
+        params.append(param)
+    before = [q.grad.to_local().clone() for q in params]
+    with CommDebugMode() as comm:
+        norm = totalnorm.clip_grad_norm_(params, max_norm, p)
+    return {
+        "norm": norm,
+        "before": before,
+        "after": [q.grad.to_local().clone() for q in params],
+        "coordinate": mesh.get_coordinate(),
+        "collectives": comm.get_total_counts(),
+    }
+
+
+def partial_placement_is_rejected() -> str:
+    mesh = _mesh((dist.get_world_size(),))
+    grads = [distribute_tensor(torch.ones(4), mesh, [Shard(0)], src_data_rank=None),
+             DTensor.from_local(torch.ones(3), mesh, [Partial()], run_check=False)]
+    try:
+        totalnorm.total_norm(grads)
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+def group_without_this_rank() -> str:
+    """Ranks outside a group get an error; the members finish their call."""
+    rank = dist.get_rank()
+    group = dist.new_group([0, 1])
+    try:
+        norm = totalnorm.total_norm([torch.full((2,), float(rank + 1))], group=group)
+    except ValueError as e:
+        return "error: " + str(e)
+    return f"norm {norm.item()}"
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+
+
+def _fsdp2(model: torch.nn.Module) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _batch(step: int):
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(6, 8, generator=g), torch.randn(6, 5, generator=g)
+
+
+def fsdp2_training(steps: int, max_norm: float) -> dict:
+    """A few FSDP2 steps clipped by totalnorm beside one unsharded model clipped by torch.
+
+    Every rank feeds the same batch, so FSDP2's averaged gradients are the
+    unsharded model's gradients and the two runs must agree step by step.
+    """
+    import copy
+
+    single = _mlp()
+    sharded = _fsdp2(copy.deepcopy(single))
+    opt = torch.optim.SGD(sharded.parameters(), lr=0.1)
+    single_opt = torch.optim.SGD(single.parameters(), lr=0.1)
+    norms, torch_norms = [], []
+    for step in range(steps):
+        x, y = _batch(step)
+        torch.nn.functional.mse_loss(sharded(x), y).backward()
+        norms.append(totalnorm.clip_grad_norm_(sharded.parameters(), max_norm))
+        opt.step()
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(single(x), y).backward()
+        torch_norms.append(torch.nn.utils.clip_grad_norm_(single.parameters(), max_norm))
+        single_opt.step()
+        single_opt.zero_grad()
+    return {
+        "norms": norms,
+        "torch_norms": torch_norms,
+        "params": [q.detach().full_tensor() for q in sharded.parameters()],
+        "torch_params": [q.detach().clone() for q in single.parameters()],
+    }
+
+
+def compiled_clip_of_fsdp2_grads(max_norm: float) -> dict:
+    """One graph (fullgraph=True) for a clip step over FSDP2 gradients, against eager."""
+    model = _fsdp2(_mlp())
+    x, y = _batch(0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    params = list(model.parameters())
+    grads = [q.grad.to_local().clone() for q in params]
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def clip(ps):
+        return totalnorm.clip_grad_norm_(ps, max_norm)
+
+    compiled = clip(params)
+    compiled_grads = [q.grad.to_local().clone() for q in params]
+    for q, g in zip(params, grads):
+        q.grad.to_local().copy_(g)
+    eager = totalnorm.clip_grad_norm_(params, max_norm)
+    return {"compiled": compiled, "eager": eager, "compiled_grads": compiled_grads,
+            "eager_grads": [q.grad.to_local().clone() for q in params]}
+
+
+def compiled_norm_with_group(p: float) -> dict:
+    """One graph for total_norm(..., group=) over plain tensors, against eager."""
+    grads = own_grads(dist.get_rank())
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def norm(ts):
+        return totalnorm.total_norm(ts, p, group=dist.group.WORLD)
+
+    return {"compiled": norm(grads), "eager": totalnorm.total_norm(grads, p, group=dist.group.WORLD)}

@@ -1,0 +1,193 @@
+"""The total norm of gradients spread over processes (torch.distributed).
+
+Each rank reduces the elements it owns to one float64 partial, a (count,
+accumulation) pair (``torch.ops.totalnorm.partials``); one all-gather over the
+process group brings every rank's pair to every rank, and each rank merges the
+pairs in rank order and finalizes them (``torch.ops.totalnorm.finalize``), so
+all ranks get the same bits. The all-gather is a functional collective, so the
+whole call traces into one graph under ``torch.compile``.
+
+Which elements a rank owns:
+
+- a DTensor: its local shard; on a mesh dimension where it is ``Replicate``,
+  only the rank at coordinate 0 of that dimension counts it. ``Shard`` and
+  ``_StridedShard`` shards are disjoint and all count. ``Partial`` is rejected.
+- a plain tensor: all of it, on every rank (a pipeline stage's gradients, a
+  hand-made ZeRO shard). A plain tensor that every rank holds a copy of (DDP)
+  must be wrapped as a ``Replicate`` DTensor, or left out of a call with a group.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.placement_types import Replicate, Shard, _StridedShard
+
+__all__ = ["partial", "norm_across", "clip_across_"]
+
+_ops = torch.ops.totalnorm
+
+
+def _counts_here(fn: str, arg: str, i: int, mesh: DeviceMesh, placements) -> bool:
+    """Whether this rank counts its local shard of a DTensor with these placements."""
+    coordinate = mesh.get_coordinate()
+    if coordinate is None:  # not a member of the mesh: its local shard is empty
+        return False
+    counts = True
+    for dim, placement in enumerate(placements):
+        if isinstance(placement, Replicate):
+            counts = counts and coordinate[dim] == 0
+        elif not isinstance(placement, (Shard, _StridedShard)):
+            raise ValueError(
+                f"{fn}: {arg}[{i}] is a DTensor with placement {placement} on mesh dimension {dim}; "
+                "its local values are not parts of the gradient (a Partial sum is not reduced yet). "
+                "Call .redistribute(placements=[Replicate()] * mesh.ndim) or .full_tensor() first"
+            )
+    return counts
+
+
+def _local_parts(fn: str, arg: str, items: Sequence[torch.Tensor]):
+    """Splits the list into the tensors this rank counts, every local tensor, and the meshes seen."""
+    counted: list[torch.Tensor] = []
+    local: list[torch.Tensor] = []
+    meshes: list[DeviceMesh] = []
+    compiling = torch.compiler.is_compiling()
+    decided: dict = {}
+    for i, t in enumerate(items):
+        if isinstance(t, DTensor):
+            mesh, placements = t.device_mesh, t.placements
+            if compiling:
+                part = t.to_local()
+                counts = _counts_here(fn, arg, i, mesh, placements)
+            else:
+                # Eager: _local_tensor skips to_local's autograd function, and
+                # one decision per (mesh, placements) serves thousands of tensors.
+                part = t._local_tensor
+                key = (id(mesh), placements)
+                counts = decided.get(key)
+                if counts is None:
+                    counts = decided[key] = _counts_here(fn, arg, i, mesh, placements)
+            if not any(m is mesh for m in meshes):
+                meshes.append(mesh)
+            local.append(part)
+            if counts:
+                counted.append(part)
+        elif isinstance(t, torch.Tensor):
+            local.append(t)
+            counted.append(t)
+        else:
+            raise TypeError(f"{fn}: {arg}[{i}] is a {type(t).__name__}, not a Tensor")
+    return counted, local, meshes
+
+
+def _mesh_group(fn: str, meshes: list[DeviceMesh]) -> dist.ProcessGroup:
+    """The one process group spanning the ranks of every mesh in the call."""
+    if not torch.compiler.is_compiling():  # meshes are fixed: checked once in eager mode
+        ranks = [sorted(m.mesh.flatten().tolist()) for m in meshes]
+        if any(r != ranks[0] for r in ranks):
+            raise ValueError(
+                f"{fn}: the DTensors live on meshes over different ranks ({ranks}); pass group= "
+                "with a process group that spans all of them (for example the default group)"
+            )
+    if meshes[0].size() == dist.get_world_size():
+        return dist.group.WORLD
+    for mesh in meshes:
+        if mesh.ndim == 1:
+            return mesh.get_group()
+    raise ValueError(
+        f"{fn}: the DTensors' {meshes[0].ndim}-D mesh covers part of the world ({meshes[0].size()} of "
+        f"{dist.get_world_size()} ranks); pass group= with a process group over exactly those ranks"
+    )
+
+
+def _collective_device(group: Optional[dist.ProcessGroup]) -> torch.device:
+    """Where a rank that owns no tensors builds its partial: the group's device."""
+    capabilities = dist.distributed_c10d._device_capability(group)
+    if "cuda" in capabilities and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@torch._dynamo.assume_constant_result
+def _default_collective_device() -> torch.device:
+    # Traced code cannot look into a process group; it takes the default group's device.
+    return _collective_device(None)
+
+
+def _check_group(fn: str, group: dist.ProcessGroup) -> None:
+    if not dist.is_initialized():
+        raise RuntimeError(f"{fn}: group= needs torch.distributed to be initialized (init_process_group)")
+    if dist.get_rank(group) < 0:
+        raise ValueError(
+            f"{fn}: this rank ({dist.get_rank()}) is not a member of the group passed as group=; "
+            "every rank of the group, and only those, must make the call"
+        )
+
+
+def partial(
+    fn: str, arg: str, items: Sequence[torch.Tensor], norm_type: float, group: Optional[dist.ProcessGroup]
+):
+    """Every rank's (count, accumulation) pair, gathered in rank order, plus this rank's local tensors.
+
+    Returns ``(rows, local, dtype_items)``: ``rows`` is a float64 tensor of
+    ``2 * group size`` values, the same on every rank; ``local`` is every local
+    tensor (what clipping scales); ``dtype_items`` decide the result dtype.
+    """
+    counted, local, meshes = _local_parts(fn, arg, items)
+    if group is None:
+        group = _mesh_group(fn, meshes)
+    elif not torch.compiler.is_compiling():
+        _check_group(fn, group)
+    if counted:
+        device = counted[0].device
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for t in counted:
+            by_device.setdefault(t.device, []).append(t)
+        pairs = [_ops.partials(ts, norm_type).to(device) for ts in by_device.values()]
+        mine = pairs[0] if len(pairs) == 1 else _ops.combine(torch.stack(pairs), norm_type)
+    else:
+        if local:
+            device = local[0].device
+        elif torch.compiler.is_compiling():
+            device = _default_collective_device()
+        else:
+            device = _collective_device(group)
+        # An empty tensor on the collective's device: the op's own (0 elements, identity) pair.
+        mine = _ops.partials([torch.empty(0, device=device)], norm_type)
+    rows = funcol.all_gather_single(mine, 0, group)
+    return rows, local
+
+
+_REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def result_dtype(local: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> torch.dtype:
+    """The op's result dtype: `dtype`, else the promotion of the local tensors' real dtypes."""
+    if dtype is not None:
+        return dtype
+    if not local:
+        return torch.get_default_dtype()
+    out = _REAL_OF.get(local[0].dtype, local[0].dtype)
+    for t in local[1:]:
+        out = torch.promote_types(out, _REAL_OF.get(t.dtype, t.dtype))
+    return out
+
+
+def norm_across(fn, arg, items, norm_type, error_if_nonfinite, dtype, group) -> torch.Tensor:
+    rows, local = partial(fn, arg, items, norm_type, group)
+    return _ops.finalize(rows, norm_type, result_dtype(local, dtype), error_if_nonfinite)
+
+
+def clip_across_(fn, arg, items, max_norm, norm_type, error_if_nonfinite, group) -> torch.Tensor:
+    rows, local = partial(fn, arg, items, norm_type, group)
+    total, coef = _ops.finalize_clip(rows, norm_type, result_dtype(local, None), max_norm, error_if_nonfinite)
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in local:
+        by_device.setdefault(t.device, []).append(t)
+    for device, ts in by_device.items():
+        _ops.scale_(ts, coef.to(device))
+    return total
