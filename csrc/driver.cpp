@@ -10,15 +10,13 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <utility>
 
 #include "checks.h"
+#include "driver.h"
 #include "norm_math.h"
 
 namespace totalnorm {
-namespace {
 
-// Tensors split by device, in order of first appearance.
 std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> group_by_device(at::TensorList tensors) {
   std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> groups;
   for (const auto& t : tensors) {
@@ -32,15 +30,20 @@ std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> group_by_device(at:
   return groups;
 }
 
-// One partial per device, stacked in order of first appearance on the first tensor's device.
 at::Tensor partials_by_device(at::TensorList tensors, double norm_type) {
   auto groups = group_by_device(tensors);
-  if (groups.size() == 1) return partials(tensors, norm_type);
+  if (groups.size() <= 1) return partials(tensors, norm_type);
   std::vector<at::Tensor> rows;
   rows.reserve(groups.size());
   for (const auto& [device, group] : groups) rows.push_back(partials(group, norm_type).to(tensors[0].device()));
   return at::stack(rows);
 }
+
+void scale_by_device_(at::TensorList tensors, const at::Tensor& coef) {
+  for (const auto& [device, group] : group_by_device(tensors)) scale_(group, coef.to(device));
+}
+
+namespace {
 
 at::Tensor empty_list_norm() { return at::zeros({}, at::TensorOptions().dtype(at::get_default_dtype())); }
 
@@ -62,7 +65,7 @@ at::Tensor clip_grad_norm_composite(at::TensorList grads, double max_norm, doubl
   auto [total, coef] = finalize_clip(partials_by_device(grads, norm_type), norm_type,
                                      result_dtype(grads, std::nullopt), max_norm);
   check_finite("clip_grad_norm_", total, norm_type, error_if_nonfinite);
-  for (const auto& [device, group] : group_by_device(grads)) scale_(group, coef.to(device));
+  scale_by_device_(grads, coef);
   return total;
 }
 

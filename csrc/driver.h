@@ -1,0 +1,22 @@
+#pragma once
+// The device-level plumbing shared by the single-process ops (driver.cpp) and
+// the across-ranks C++ API (distributed.cpp).
+
+#include <ATen/core/Tensor.h>
+
+#include <utility>
+#include <vector>
+
+namespace totalnorm {
+
+// Tensors split by device, in order of first appearance.
+std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> group_by_device(at::TensorList tensors);
+
+// One (count, accumulation) pair per device, on the first tensor's device: a
+// [2] tensor for one device, a [devices, 2] stack of rows otherwise.
+at::Tensor partials_by_device(at::TensorList tensors, double norm_type);
+
+// scale_ of each device's tensors by the coefficient, copied to that device.
+void scale_by_device_(at::TensorList tensors, const at::Tensor& coef);
+
+}  // namespace totalnorm
