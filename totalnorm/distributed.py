@@ -57,21 +57,26 @@ def _local_parts(fn: str, arg: str, items: Sequence[torch.Tensor]):
     meshes: list[DeviceMesh] = []
     compiling = torch.compiler.is_compiling()
     decided: dict = {}
+    last = (None, None, False)  # mesh, placements, counts: consecutive tensors usually share them
     for i, t in enumerate(items):
         if isinstance(t, DTensor):
-            mesh, placements = t.device_mesh, t.placements
             if compiling:
-                part = t.to_local()
+                mesh, placements, part = t.device_mesh, t.placements, t.to_local()
                 counts = _counts_here(fn, arg, i, mesh, placements)
             else:
-                # Eager: _local_tensor skips to_local's autograd function, and
-                # one decision per (mesh, placements) serves thousands of tensors.
-                part = t._local_tensor
-                key = (id(mesh), placements)
-                counts = decided.get(key)
-                if counts is None:
-                    counts = decided[key] = _counts_here(fn, arg, i, mesh, placements)
-            if not any(m is mesh for m in meshes):
+                # Eager: the spec and _local_tensor skip to_local's autograd function,
+                # and one decision per (mesh, placements) serves thousands of tensors.
+                spec, part = t._spec, t._local_tensor
+                mesh, placements = spec.mesh, spec.placements
+                if mesh is last[0] and placements is last[1]:
+                    counts = last[2]
+                else:
+                    key = (id(mesh), placements)
+                    counts = decided.get(key)
+                    if counts is None:
+                        counts = decided[key] = _counts_here(fn, arg, i, mesh, placements)
+                    last = (mesh, placements, counts)
+            if not meshes or (mesh is not meshes[-1] and all(m is not mesh for m in meshes)):
                 meshes.append(mesh)
             local.append(part)
             if counts:
@@ -143,12 +148,7 @@ def partial(
     elif not torch.compiler.is_compiling():
         _check_group(fn, group)
     if counted:
-        device = counted[0].device
-        by_device: dict[torch.device, list[torch.Tensor]] = {}
-        for t in counted:
-            by_device.setdefault(t.device, []).append(t)
-        pairs = [_ops.partials(ts, norm_type).to(device) for ts in by_device.values()]
-        mine = pairs[0] if len(pairs) == 1 else _ops.combine(torch.stack(pairs), norm_type)
+        mine = _partial_of(counted, norm_type)
     else:
         if local:
             device = local[0].device
@@ -158,8 +158,29 @@ def partial(
             device = _collective_device(group)
         # An empty tensor on the collective's device: the op's own (0 elements, identity) pair.
         mine = _ops.partials([torch.empty(0, device=device)], norm_type)
-    rows = funcol.all_gather_single(mine, 0, group)
+    if torch.compiler.is_compiling():
+        return funcol.all_gather_single(mine, 0, group), local
+    # Eager: the c10d collective itself, without the functional wrapper's tensor subclass.
+    rows = mine.new_empty(2 * dist.get_world_size(group))
+    dist.all_gather_into_tensor(rows, mine, group=group)
     return rows, local
+
+
+def _partial_of(tensors: list[torch.Tensor], norm_type: float) -> torch.Tensor:
+    """This rank's pair: one partials call per device, the pairs combined in order of first appearance."""
+    if not torch.compiler.is_compiling():
+        try:  # one device, the usual case, without a Python pass over the devices
+            return _ops.partials(tensors, norm_type)
+        except RuntimeError:
+            pass  # tensors on several devices: grouped below, or the same error raised again
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    if len(by_device) == 1:
+        return _ops.partials(tensors, norm_type)
+    first = tensors[0].device
+    pairs = [_ops.partials(ts, norm_type).to(first) for ts in by_device.values()]
+    return _ops.combine(torch.stack(pairs), norm_type)
 
 
 _REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
@@ -169,12 +190,11 @@ def result_dtype(local: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) ->
     """The op's result dtype: `dtype`, else the promotion of the local tensors' real dtypes."""
     if dtype is not None:
         return dtype
-    if not local:
-        return torch.get_default_dtype()
-    out = _REAL_OF.get(local[0].dtype, local[0].dtype)
-    for t in local[1:]:
-        out = torch.promote_types(out, _REAL_OF.get(t.dtype, t.dtype))
-    return out
+    out = None
+    for kind in {t.dtype for t in local}:
+        real = _REAL_OF.get(kind, kind)
+        out = real if out is None else torch.promote_types(out, real)
+    return torch.get_default_dtype() if out is None else out
 
 
 def norm_across(fn, arg, items, norm_type, error_if_nonfinite, dtype, group) -> torch.Tensor:
