@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-command GPU suite, for a machine with a CUDA GPU and this repository:
 # build (library + GoogleTest), GPU tests (ctest: GoogleTest, examples, TorchScript,
-# CMake package; pytest), compute-sanitizer
+# CMake package, the C++ API across ranks; pytest, with the NCCL world-size-1
+# tests of test_distributed_nccl.py), compute-sanitizer
 # memcheck and racecheck on the GoogleTest binary, then the GPU benchmark; a short
 # table last. Fits one 10-minute call on an H100 machine.
 #
@@ -20,11 +21,16 @@ cd "$root"
 
 # A toolchain that links libstdc++ statically (the lent H100 image's default
 # CXX, /opt/gcc/bin/g++) makes every error raised by the ops crash Python; the
-# system g++ links it dynamically. TOTALNORM_CXX picks another compiler.
-cxx=${TOTALNORM_CXX:-$([ -x /usr/bin/g++ ] && echo /usr/bin/g++)}
-if [ -n "$cxx" ]; then
-  export CXX=$cxx CUDAHOSTCXX=$cxx
+# system g++ links it dynamically. It is passed on the cmake line into a fresh
+# build directory (a cached configure would keep an older compiler);
+# TOTALNORM_CXX picks another one.
+cxx=${TOTALNORM_CXX:-/usr/bin/g++}
+if [ ! -x "$cxx" ]; then
+  echo "gpu_suite: no C++ compiler at $cxx; set TOTALNORM_CXX to a g++ that links libstdc++ dynamically" >&2
+  exit 2
 fi
+rm -rf "$build"
+mkdir -p "$out"
 
 gtest_src=/usr/src/googletest
 [ -f "$gtest_src/CMakeLists.txt" ] || gtest_src=$root/.gtest
@@ -48,8 +54,12 @@ step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records status
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 step configure cmake -S . -B "$build" -GNinja -DCMAKE_BUILD_TYPE=Release -DTOTALNORM_WITH_CUDA=ON \
+  -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CUDA_HOST_COMPILER="$cxx" \
   -DTOTALNORM_GTEST_SOURCE_DIR="$gtest_src" -DPython3_EXECUTABLE="$(command -v "$python")"
 step build cmake --build "$build" -j "$(nproc)" || { printf '%s\n' "${summary[@]}"; exit 1; }
+# Errors raised by the ops are caught in torch: stop here unless both share the C++ runtime.
+step cxx_runtime sh -c "readelf -d '$build/libtotalnorm.so' | grep 'NEEDED.*libstdc++'" ||
+  { printf '%s\n' "${summary[@]}"; exit 1; }
 # The Python package in place, with the library just built (no second build).
 cp "$build/libtotalnorm.so" totalnorm/libtotalnorm.so
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}

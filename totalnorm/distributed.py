@@ -30,6 +30,9 @@ from torch.distributed.tensor.placement_types import Replicate, Shard, _StridedS
 __all__ = ["partial", "norm_across", "clip_across_"]
 
 _ops = torch.ops.totalnorm
+# torch 2.14 renamed the c10d all-gather into one tensor; older releases have only the first name.
+_all_gather_single = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+_functional_all_gather = getattr(funcol, "all_gather_single", funcol.all_gather_tensor)
 
 
 def _counts_here(fn: str, arg: str, i: int, mesh: DeviceMesh, placements) -> bool:
@@ -159,10 +162,10 @@ def partial(
         # An empty tensor on the collective's device: the op's own (0 elements, identity) pair.
         mine = _ops.partials([torch.empty(0, device=device)], norm_type)
     if torch.compiler.is_compiling():
-        return funcol.all_gather_single(mine, 0, group), local
+        return _functional_all_gather(mine, 0, group), local
     # Eager: the c10d collective itself, without the functional wrapper's tensor subclass.
     rows = mine.new_empty(2 * dist.get_world_size(group))
-    dist.all_gather_into_tensor(rows, mine, group=group)
+    _all_gather_single(rows, mine, group=group)
     return rows, local
 
 

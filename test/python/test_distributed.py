@@ -134,3 +134,22 @@ def test_compiled_norm_with_a_group_is_one_graph_equal_to_eager(pool, p):
     for r in results:
         assert_bitwise_equal(r["compiled"], r["eager"])
     assert_same_on_every_rank([r["compiled"] for r in results])
+
+
+def test_the_fsdp2_example_runs_under_torchrun_and_agrees_with_torch():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "fsdp2_train.py"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(example), "--steps", "3"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = re.findall(r"totalnorm (\S+)\s+torch (\S+)", run.stdout)
+    assert len(steps) == 3, run.stdout
+    for ours, theirs in steps:
+        assert math.isclose(float(ours), float(theirs), rel_tol=1e-5), (ours, theirs)
