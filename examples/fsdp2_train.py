@@ -49,6 +49,7 @@ def main() -> None:
         optimizer.zero_grad()
         if rank == 0:
             print(f"step {step}: loss {loss.item():.4f}  totalnorm {norm.item():.6f}  torch {theirs.item():.6f}")
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 

@@ -445,19 +445,20 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
   check_coef("scale_", coef, tensors[0].device());
   const c10::cuda::CUDAGuard guard(coef.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // Dense gradients by real element type; the rest take the generic mul_.
+  // Dense real gradients by element type; torch's own mul_ takes layouts with
+  // gaps, 0-dim gradients (multiplied in the promotion of both dtypes) and
+  // complex ones (multiplied by the complex number (coef, 0): inf * 0 is NaN in both parts).
   std::array<Spans, 4> spans;
   const std::array<at::ScalarType, 4> types = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
   for (const auto& t : tensors) {
     if (t.numel() == 0) continue;
-    if (!t.is_non_overlapping_and_dense()) {
+    if (!t.is_non_overlapping_and_dense() || t.dim() == 0 || t.is_complex()) {
       t.mul_(coef);
       continue;
     }
-    const auto real = c10::toRealValueType(t.scalar_type());
-    const size_t k = std::find(types.begin(), types.end(), real) - types.begin();
+    const size_t k = std::find(types.begin(), types.end(), t.scalar_type()) - types.begin();
     spans[k].data.push_back(t.data_ptr());
-    spans[k].numels.push_back(t.numel() * (t.is_complex() ? 2 : 1));
+    spans[k].numels.push_back(t.numel());
   }
   const PlanLimits limits = limits_for(coef.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "totalnorm_scale_coef", [&] {

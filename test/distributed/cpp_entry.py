@@ -43,6 +43,7 @@ def rank_main(rank, library, port, outbox):
         q.grad = t.clone()
     clipped = entry.clip_in_group_(params, 0.5, name, 2.0)
     outbox.put((rank, norm, clipped, [q.grad for q in params]))
+    dist.barrier()
     dist.destroy_process_group()
 
 

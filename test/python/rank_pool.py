@@ -46,6 +46,7 @@ def _worker(rank: int, world: int, port: int, paths: list[str], inbox, outbox) -
     while True:
         job = inbox.get()
         if job is None:
+            dist.barrier()  # leave together: no rank closes connections another still uses
             break
         module, name, args = job
         try:
