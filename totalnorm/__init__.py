@@ -7,7 +7,6 @@ are thin, typed wrappers that turn Python iterables into tensor lists.
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -113,16 +112,10 @@ def total_norm(
 
         return distributed.norm_across("total_norm", "tensors", items, p, error_if_nonfinite, dtype, group)
     if not items and torch.compiler.is_compiling():
-        # An empty list gives fake tensors no device to follow; the SPEC's zero is built here.
-        _check_norm_type("total_norm", p)
-        return torch.zeros(())
+        # An empty list gives fake tensors no device to follow; an empty CPU tensor
+        # of the default dtype gives the same zero, and the op still checks norm_type.
+        items = [torch.empty(0)]
     return _call(torch.ops.totalnorm.total_norm.default, "total_norm", "tensors", items, p, error_if_nonfinite, dtype)
-
-
-def _check_norm_type(fn: str, norm_type: float) -> None:
-    """The op's own norm_type check, for the paths that build their zero without it."""
-    if math.isnan(float(norm_type)):
-        raise RuntimeError(f"{fn}: norm_type must not be NaN; use a number, inf or -inf")
 
 
 def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -150,8 +143,8 @@ def get_total_norm(
 
         return distributed.norm_across("get_total_norm", "grads", grads, p, error_if_nonfinite, None, group)
     if params and not grads:
-        _check_norm_type("get_total_norm", p)
-        return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+        # No gradients: zero on the first parameter's device, in its dtype (the op checks norm_type).
+        grads = [torch.empty(0, dtype=params[0].dtype, device=params[0].device)]
     return torch.ops.totalnorm.total_norm.default(grads, p, error_if_nonfinite, None)
 
 
