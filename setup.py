@@ -14,6 +14,24 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+VERSION = "0.1.0"
+
+
+def torch_build_pins() -> tuple[str, list[str]]:
+    """The package version and torch requirement for the torch this build compiles against.
+
+    The library links that torch's C++ libraries, whose ABI changes between releases, so
+    the version carries it in its local label (0.1.0+torch2.14.1.cu130, as torchvision
+    and pyg-lib wheels do) and the metadata pins it (torch==2.14.1, any local variant).
+    """
+    try:
+        import torch
+    except ImportError:  # metadata only (an sdist): no torch to pin yet
+        return VERSION, ["torch>=2.11"]
+    full = str(torch.__version__)
+    public, _, variant = full.partition("+")
+    label = "torch" + public + (f".{variant}" if variant else "")
+    return f"{VERSION}+{label}", [f"torch=={public}"]
 
 
 class CMakeExtension(Extension):
@@ -42,16 +60,23 @@ class CMakeBuild(build_ext):
             configure.append(f"-DTOTALNORM_WITH_CUDA={os.environ['TOTALNORM_WITH_CUDA']}")
         subprocess.check_call(configure, cwd=build_dir)
         subprocess.check_call(["cmake", "--build", ".", "--target", "totalnorm"], cwd=build_dir)
+        # Read at import (totalnorm/_loader.py) to name both versions when torch changed since.
+        (lib_dir / "_build_info.py").write_text(
+            '"""Written by setup.py when the library was built."""\n'
+            f"TORCH_VERSION = {str(torch.__version__)!r}\n"
+        )
 
+
+PACKAGE_VERSION, TORCH_REQUIREMENT = torch_build_pins()
 
 setup(
     name="totalnorm",
-    version="0.1.0",
+    version=PACKAGE_VERSION,
     description="The global gradient p-norm of a list of tensors as a PyTorch operator",
     packages=find_packages(include=["totalnorm", "totalnorm.*"]),
     ext_modules=[CMakeExtension("totalnorm.libtotalnorm")],
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
-    install_requires=["torch>=2.11"],
+    install_requires=TORCH_REQUIREMENT,
     zip_safe=False,
 )

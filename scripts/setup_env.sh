@@ -1,5 +1,5 @@
 # Sourced by the scripts in this folder: installs what a fresh machine of this
-# kind lacks (torch from PyPI, pytest, GoogleTest sources from Debian), nothing else.
+# kind lacks (torch from PyPI, pytest, wheel, GoogleTest sources from Debian), nothing else.
 set -euo pipefail
 python=${PYTHON:-python3}
 if ! "$python" -c "import torch" 2>/dev/null; then
@@ -7,6 +7,10 @@ if ! "$python" -c "import torch" 2>/dev/null; then
 fi
 if ! "$python" -c "import pytest" 2>/dev/null; then
   "$python" -m pip install -q pytest
+fi
+# setuptools builds wheels (pip install and pip wheel without build isolation) with it.
+if ! "$python" -c "import wheel" 2>/dev/null; then
+  "$python" -m pip install -q wheel
 fi
 for tool in cmake ninja; do
   command -v "$tool" >/dev/null || "$python" -m pip install -q "$tool"

@@ -21,7 +21,9 @@ def library_path() -> str:
     return str(Path(__file__).resolve().parent / "libtotalnorm.so")
 
 
-torch.ops.load_library(library_path())
+from ._loader import load as _load  # noqa: E402
+
+_load(Path(library_path()))
 
 TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 

@@ -1,0 +1,145 @@
+"""Import- and install-time failures that say what to do, and the torch pin of a build.
+
+* Importing the unbuilt source tree names the build command.
+* The build records the torch it was built against (totalnorm/_build_info.py); a
+  different running torch is named next to it, as a warning when the library still
+  loads and in the ImportError when it does not.
+* The package version carries that torch in its local label and its metadata pins
+  it; scripts/test.sh also builds a wheel and points TOTALNORM_WHEEL at it.
+
+Each import runs in a fresh interpreter, on a copy of the package where the test
+needs to break it.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import totalnorm
+
+SOURCE_PACKAGE = Path(__file__).resolve().parents[2] / "totalnorm"
+INSTALLED_PACKAGE = Path(totalnorm.__file__).resolve().parent
+TORCH = str(torch.__version__)
+TORCH_PUBLIC = TORCH.split("+")[0]
+
+
+def python(code: str, *, path: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter that finds totalnorm in `path` first."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(path)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def stage(tmp_path: Path, library: bytes | None, built_with: str | None) -> Path:
+    """A copy of the package's Python files, with a library and a build record of our choosing."""
+    package = tmp_path / "totalnorm"
+    package.mkdir()
+    for source in SOURCE_PACKAGE.glob("*.py"):
+        if source.name != "_build_info.py":
+            shutil.copy(source, package / source.name)
+    if library is not None:
+        (package / "libtotalnorm.so").write_bytes(library)
+    if built_with is not None:
+        (package / "_build_info.py").write_text(f"TORCH_VERSION = {built_with!r}\n")
+    return tmp_path
+
+
+def test_importing_the_unbuilt_source_tree_says_how_to_build(tmp_path):
+    root = stage(tmp_path, library=None, built_with=None)
+    done = python("import totalnorm", path=root, cwd=root)
+    assert done.returncode != 0
+    assert "ImportError: totalnorm is not built" in done.stderr, done.stderr
+    assert "pip install --no-build-isolation ." in done.stderr
+    assert "Could not load this library" not in done.stderr
+
+
+def test_a_library_built_for_another_torch_that_does_not_load_names_both_versions(tmp_path):
+    root = stage(tmp_path, library=b"not a shared object", built_with="2.3.0+cu121")
+    done = python("import totalnorm", path=root, cwd=root)
+    assert done.returncode != 0
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("ImportError: totalnorm was built against torch 2.3.0+cu121"), done.stderr
+    assert f"but torch {TORCH} is running" in message
+    assert "pip install --no-build-isolation ." in message
+
+
+def test_a_library_that_does_not_load_says_why(tmp_path):
+    root = stage(tmp_path, library=b"not a shared object", built_with=TORCH)
+    done = python("import totalnorm", path=root, cwd=root)
+    assert done.returncode != 0
+    assert "ImportError: totalnorm: cannot load" in done.stderr, done.stderr
+
+
+def _recorded_version() -> str:
+    if not (INSTALLED_PACKAGE / "_build_info.py").exists():
+        pytest.skip("an in-place build without setup.py's build record")
+    from totalnorm import _build_info
+
+    return _build_info.TORCH_VERSION
+
+
+def test_the_build_records_the_running_torch():
+    assert _recorded_version() == TORCH
+
+
+def test_a_different_running_torch_is_named_beside_the_built_one(tmp_path):
+    built = _recorded_version()
+    code = (
+        "import warnings, torch\n"
+        "torch.__version__ = '2.99.0+fake'\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import totalnorm\n"
+        "print('\\n'.join(str(w.message) for w in caught if w.category is RuntimeWarning))\n"
+        "print(totalnorm.total_norm([torch.ones(4)]).item())\n"
+    )
+    done = python(code, path=INSTALLED_PACKAGE.parent, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"totalnorm was built against torch {built}, but torch 2.99.0+fake is running" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "2.0"  # it still works: a warning, not an error
+
+
+def test_the_same_torch_imports_without_a_warning(tmp_path):
+    _recorded_version()
+    code = "import warnings\nwarnings.simplefilter('error')\nimport totalnorm\n"
+    done = python(code, path=INSTALLED_PACKAGE.parent, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def _installed_metadata():
+    try:
+        dist = importlib.metadata.distribution("totalnorm")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("totalnorm is not installed by pip (an in-place build)")
+    return dist
+
+
+def test_the_installed_version_and_requirement_pin_the_torch_built_against():
+    dist = _installed_metadata()
+    label = "torch" + TORCH.replace("+", ".")
+    assert dist.version.endswith("+" + label), dist.version
+    assert f"torch=={TORCH_PUBLIC}" in (dist.requires or []), dist.requires
+
+
+def test_the_wheel_pins_the_torch_built_against():
+    wheel = os.environ.get("TOTALNORM_WHEEL")
+    if not wheel:
+        pytest.skip("TOTALNORM_WHEEL is not set (scripts/test.sh builds a wheel and sets it)")
+    label = "torch" + TORCH.replace("+", ".")
+    assert Path(wheel).name.startswith(f"totalnorm-0.1.0+{label}-"), wheel
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        text = zf.read(metadata).decode()
+        build_info = zf.read("totalnorm/_build_info.py").decode()
+    assert f"Version: 0.1.0+{label}\n" in text
+    assert f"Requires-Dist: torch=={TORCH_PUBLIC}\n" in text
+    assert "totalnorm/libtotalnorm.so" in names
+    assert f"TORCH_VERSION = {TORCH!r}" in build_info
