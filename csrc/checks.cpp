@@ -97,6 +97,11 @@ void check_finite(const char* fn, const at::Tensor& total, double norm_type, boo
               "back (clipping by it would zero or NaN the gradients)");
 }
 
+bool is_aligned(const at::Tensor& t) {
+  const size_t part = c10::elementSize(c10::toRealValueType(t.scalar_type()));
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % part == 0;
+}
+
 at::ScalarType result_dtype(at::TensorList tensors, std::optional<at::ScalarType> dtype) {
   if (dtype) return *dtype;
   at::ScalarType out = c10::toRealValueType(tensors[0].scalar_type());

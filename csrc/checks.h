@@ -33,6 +33,10 @@ void check_coef(const char* fn, const at::Tensor& coef, const c10::Device& devic
 // With error_if_nonfinite, a NaN or infinite norm raises (this reads it on the host).
 void check_finite(const char* fn, const at::Tensor& total, double norm_type, bool error_if_nonfinite);
 
+// Whether the tensor's first element sits at an address aligned for its type
+// (a tensor made from a byte buffer at an odd offset may not be).
+bool is_aligned(const at::Tensor& t);
+
 // `dtype` when given, else the promotion of the inputs' real dtypes.
 at::ScalarType result_dtype(at::TensorList tensors, std::optional<at::ScalarType> dtype);
 

@@ -45,12 +45,15 @@ void scale_by_device_(at::TensorList tensors, const at::Tensor& coef) {
 
 namespace {
 
-at::Tensor empty_list_norm() { return at::zeros({}, at::TensorOptions().dtype(at::get_default_dtype())); }
+// An empty list: a CPU zero of `dtype`, or of the default dtype.
+at::Tensor empty_list_norm(std::optional<at::ScalarType> dtype) {
+  return at::zeros({}, at::TensorOptions().dtype(dtype.value_or(at::get_default_dtype_as_scalartype())));
+}
 
 at::Tensor total_norm_composite(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
                                 std::optional<at::ScalarType> dtype) {
   check_arguments("total_norm", "tensors", tensors, norm_type, dtype);
-  if (tensors.empty()) return empty_list_norm();
+  if (tensors.empty()) return empty_list_norm(dtype);
   at::Tensor total = finalize(partials_by_device(tensors, norm_type), norm_type, result_dtype(tensors, dtype));
   check_finite("total_norm", total, norm_type, error_if_nonfinite);
   return total;
@@ -61,7 +64,7 @@ at::Tensor clip_grad_norm_composite(at::TensorList grads, double max_norm, doubl
   // Every check that can fail runs before the first gradient is written.
   check_arguments("clip_grad_norm_", "grads", grads, norm_type, std::nullopt);
   check_writable("clip_grad_norm_", "grads", grads);
-  if (grads.empty()) return empty_list_norm();
+  if (grads.empty()) return empty_list_norm(std::nullopt);
   auto [total, coef] = finalize_clip(partials_by_device(grads, norm_type), norm_type,
                                      result_dtype(grads, std::nullopt), max_norm);
   check_finite("clip_grad_norm_", total, norm_type, error_if_nonfinite);

@@ -68,8 +68,10 @@ ElemKind elem_kind(at::ScalarType t) {
 // The tensors' elements as one concatenation of dense storage spans. Dense
 // layouts in any order (transposed, channels_last) are used in place. For
 // reading, layouts with gaps or overlaps are copied into `copies`; for scaling,
-// which must write the tensor itself, they and 0-dim tensors (which torch
-// multiplies in the promotion of both dtypes) are left to torch's mul_ in `by_torch`.
+// which must write the tensor itself, they, misaligned tensors (the loops use
+// typed pointers) and 0-dim tensors (which torch multiplies in the promotion of
+// both dtypes) are left to torch's mul_ in `by_torch`. Reading is by memcpy, so
+// misaligned data is read in place.
 struct Concatenation {
   std::vector<void*> data;
   std::vector<at::ScalarType> dtypes;
@@ -81,7 +83,7 @@ struct Concatenation {
   Concatenation(at::TensorList tensors, bool copy_not_dense) {
     for (const auto& t : tensors) {
       if (t.numel() == 0) continue;
-      if ((t.dim() == 0 || !t.is_non_overlapping_and_dense()) && !copy_not_dense) {
+      if ((t.dim() == 0 || !t.is_non_overlapping_and_dense() || !is_aligned(t)) && !copy_not_dense) {
         by_torch.push_back(t);
         continue;
       }

@@ -254,7 +254,9 @@ Grouped group_by_storage(at::TensorList tensors, Order order) {
   Grouped g;
   for (const auto& t : tensors) {
     if (t.numel() == 0) continue;
-    const at::Tensor& dense = t.is_non_overlapping_and_dense() ? t : g.copies.emplace_back(t.contiguous());
+    // The kernels load typed values: layouts with gaps and misaligned starts are read from a copy.
+    const bool in_place = t.is_non_overlapping_and_dense() && is_aligned(t);
+    const at::Tensor& dense = in_place ? t : g.copies.emplace_back(t.clone(at::MemoryFormat::Contiguous));
     const Storage s = storage_of(t.scalar_type(), order);
     const bool as_pairs = t.is_complex() && (s == Storage::Float || s == Storage::Double);
     auto& spans = g.spans[static_cast<size_t>(s)];
@@ -446,13 +448,13 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
   const c10::cuda::CUDAGuard guard(coef.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Dense real gradients by element type; torch's own mul_ takes layouts with
-  // gaps, 0-dim gradients (multiplied in the promotion of both dtypes) and
+  // gaps, misaligned starts, 0-dim gradients (multiplied in the promotion of both dtypes) and
   // complex ones (multiplied by the complex number (coef, 0): inf * 0 is NaN in both parts).
   std::array<Spans, 4> spans;
   const std::array<at::ScalarType, 4> types = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
   for (const auto& t : tensors) {
     if (t.numel() == 0) continue;
-    if (!t.is_non_overlapping_and_dense() || t.dim() == 0 || t.is_complex()) {
+    if (!t.is_non_overlapping_and_dense() || !is_aligned(t) || t.dim() == 0 || t.is_complex()) {
       t.mul_(coef);
       continue;
     }

@@ -18,7 +18,6 @@ torch.nn.utils.clip_grads_with_norm_ given totalnorm's norm everywhere else.
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import warnings
@@ -374,9 +373,8 @@ def equal_bits_nan_any(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((bits(ar) == bits(br)) | both_nan).all())
 
 
-# Known contract breaks the fuzz does not assert yet. (a) to (d) have strict xfail tests
-# in test_fuzz.py; when one starts to pass, delete its predicate here. (f) shows only
-# under UBSan (scripts/sanitize.sh): delete its predicate when that passes without it.
+# Known contract breaks the fuzz does not assert yet. (a) has a strict xfail test in
+# test_fuzz.py; when it starts to pass, delete its predicate here.
 
 
 def known_float64_drift(case: Case, tensors) -> Optional[str]:
@@ -393,37 +391,6 @@ def known_float64_drift(case: Case, tensors) -> Optional[str]:
         sequential = p not in (1.0, 2.0) or (s.dtype.is_complex and p == 1.0)
         if (equal_values or n >= 20000) and (sequential or (s.dtype.is_complex and n >= 65536)):
             return "known (a): float64 drift over long sums"
-    return None
-
-
-def known_clip_rounding(case: Case, grads, total: torch.Tensor, coef: float) -> Optional[str]:
-    """(d) clip differs from torch's mul_ for 0-dim grads under a float64 norm, and for
-    complex grads where torch's complex product (re*c - im*0, re*0 + im*c) differs from
-    scaling each part: non-finite parts, signed zeros, a zero coefficient."""
-    for g in grads:
-        if g.dim() == 0 and total.dtype == torch.float64 and real_dtype(g.dtype) != torch.float64:
-            return "known (d): 0-dim grad under a float64 norm"
-        if g.is_complex() and g.numel():
-            parts = torch.view_as_real(g.detach().resolve_conj())
-            if coef == 0 or not bool(parts.isfinite().all()) or bool((parts == 0).any()):
-                return "known (d): complex grad with a zero or non-finite part, or a zero coefficient"
-    return None
-
-
-def known_misaligned_scaling(case: Case) -> Optional[str]:
-    """(f) clipping a byte-misaligned grad loads and stores through a misaligned float*
-    (csrc/cpu/total_norm_cpu.cpp scale_span): undefined behaviour, which x86 forgives
-    and UBSan stops at. Not run under the sanitizers (scripts/sanitize.sh sets
-    TOTALNORM_UNDER_SANITIZERS=1) until fixed; the normal run still checks the values."""
-    if os.environ.get("TOTALNORM_UNDER_SANITIZERS") == "1" and any(s.layout == "misaligned" for s in case.specs):
-        return "known (f): misaligned grads are scaled through misaligned pointers"
-    return None
-
-
-def known_partial_clip(case: Case) -> Optional[str]:
-    """(c) a clip rejected for an overlapping grad has already scaled the grads before it."""
-    if any(s.layout in NOT_WRITABLE for s in case.specs):
-        return "known (c): a rejected clip scaled the grads before the overlapping one"
     return None
 
 
@@ -497,8 +464,6 @@ def _torch_clip(case: Case, grads) -> torch.Tensor:
 
 
 def run_clip_case(case: Case) -> Outcome:
-    if known_misaligned_scaling(case):
-        return Outcome(skipped=known_misaligned_scaling(case))
     ours = case.tensors()
     before = snapshot(ours)
     want = reference_norm(_resolved(ours), float(case.p))
@@ -511,8 +476,6 @@ def run_clip_case(case: Case) -> Outcome:
                 _torch_clip(case, case.tensors())
             except RuntimeError:
                 modified = changed(ours, before)
-                if modified and known_partial_clip(case):
-                    return Outcome(skipped=known_partial_clip(case))
                 return Outcome(modified and f"raised ({err}) and {modified}")
             return Outcome(f"raised {type(err).__name__} where torch does not: {err}")
         plain = totalnorm.total_norm(ours, case.p)
@@ -539,9 +502,6 @@ def run_clip_case(case: Case) -> Outcome:
     coef = torch.clamp(case.max_norm / (total + 1e-6), max=1.0).item()
     for i, (a, b) in enumerate(zip(ours, theirs)):
         if not equal_bits_nan_any(a, b):
-            known = known_clip_rounding(case, ours, total, coef)
-            if known:
-                return Outcome(skipped=known)
             diff = (a.detach().resolve_conj() != b.detach().resolve_conj()).nonzero()[:3].tolist()
             return Outcome(f"grads[{i}] differs from torch (norm {total.item()!r}, coefficient {coef!r}; "
                            f"first differing indices {diff})")
