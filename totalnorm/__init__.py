@@ -113,7 +113,7 @@ def total_norm(
 
         return distributed.norm_across("total_norm", "tensors", items, p, error_if_nonfinite, dtype, group)
     if not items and torch.compiler.is_compiling():
-        # An empty list gives fake tensors no device to follow; the SPEC's zero is built here.
+        # An empty list gives fake tensors no device to follow; the zero (docs/semantics.md) is built here.
         _check_norm_type("total_norm", p)
         return torch.zeros(())
     return _call(torch.ops.totalnorm.total_norm.default, "total_norm", "tensors", items, p, error_if_nonfinite, dtype)
@@ -136,7 +136,7 @@ def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], li
 def get_total_norm(
     parameters: TensorOrTensors, norm_type: float = 2.0, error_if_nonfinite: bool = False, *, group=None
 ) -> torch.Tensor:
-    """The p-norm of the gradients of ``parameters`` (the seed's API).
+    """The p-norm of the gradients of ``parameters`` (docs/semantics.md, Parameters and clipping).
 
     Parameters whose ``.grad`` is None are skipped; a generator is consumed once.
     No parameters give ``torch.tensor(0.0)``; parameters without any gradient
