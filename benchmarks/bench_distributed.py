@@ -2,7 +2,7 @@
 torch.nn.utils.get_total_norm(...).full_tensor() and against the floor, "a
 local norm plus one all-reduce", on 2 and 4 Gloo ranks of this machine.
 
-    python3 benchmarks/bench_distributed.py [--ranks 2 4] [--params 100 400 1600 6400] [--write]
+    python3 benchmarks/bench_distributed.py [--ranks 2 4] [--params 100 400 1600 6400] [--write [RESULTS.md]]
 
 Each parameter is a DTensor sharded on dim 0 of a 1-D mesh over all ranks.
 Every timed call starts after a barrier; a call's time is the slowest rank's.
@@ -126,7 +126,7 @@ def table(results: dict[int, list], machine: str) -> str:
                 f"{steady['floor'] * 1e3:.2f} ({low['floor'] * 1e3:.2f})",
                 f"{vs_floor:.2f}x", f"{steady['torch'] / steady['totalnorm']:.1f}x faster",
                 f"{first['totalnorm'] * 1e3:.1f} / {first['torch'] * 1e3:.1f}", f"{first_ratio:.1f}x",
-                "<= 1.2x floor, first <= 10x steady", "met" if met else "**not met**",
+                "<= 1.2x floor, first <= 10x steady", toolkit.met_cell(met),
             ])
     return toolkit.markdown_table(header, rows)
 
@@ -146,9 +146,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--params", type=int, nargs="+", default=[100, 400, 1600, 6400])
-    parser.add_argument("--write", action="store_true", help="replace this script's section of RESULTS.md")
+    toolkit.add_write_argument(parser)
     args = parser.parse_args()
-    machine = toolkit.machine_label().split(",")[0] + f", {os.cpu_count()} cores"
+    machine = f"{toolkit.cpu_model()}, {os.cpu_count()} cores"
     results = {world: run_world(world, args.params) for world in args.ranks}
     text = "\n\n".join([
         "## Across ranks: DTensor gradients on Gloo (`python3 benchmarks/bench_distributed.py --write`)",
@@ -161,9 +161,7 @@ def main() -> None:
         "handling and no exactness across ranks); totalnorm: `totalnorm.total_norm(grads)` on the DTensors.",
         agreement(results),
     ])
-    print(text)
-    if args.write:
-        toolkit.write_section(text)
+    toolkit.publish(text, args.write)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,77 @@
-"""GPU benchmark: totalnorm vs torch.nn.utils.get_total_norm / clip_grad_norm_.
+"""GPU benchmark: totalnorm vs torch.nn.utils.get_total_norm / clip_grad_norm_ (and
+torch._foreach_norm), with the roofline measured in the same run.
 
-Workloads (issue 3):
+    python3 benchmarks/bench_gpu.py [--write [benchmarks/RESULTS.md]] [--out FILE] [--budget S]
+    python3 benchmarks/bench_gpu.py --smoke [--write /tmp/results.md]
+
+Workloads (targets: docs/semantics.md, "Performance targets"):
   (a) ~1.1B float32 elements in ~320 tensors shaped like a 1B-parameter transformer
   (b) the same in bfloat16
   (c) 2,000 tensors of 1K-16K float32 elements
   (d) (c) inside a captured CUDA graph (replay time)
-plus the roofline measured in the same run: a device-to-device copy of a large
-buffer, counting bytes read plus bytes written.
+Roofline: a device-to-device copy of 4 GiB, counting bytes read plus bytes written.
 
-Prints a Markdown table (last) and, with --out, writes it to a file.
+Timing (toolkit.py): the candidates are called in turn each round, after warm-ups.
+(a), (b) and (d): CUDA-event time of one call; before each call 256 MB are written
+to flush the L2 cache ((a) and (b)), and a short sleep kernel keeps the GPU busy
+while the host enqueues the call. (c): wall time per call of 10 back-to-back calls
+and a synchronize, host overhead included.
+
+Prints the section; --write replaces this GPU's section of the results file and
+redraws results.png; --out also writes the section to FILE. --smoke runs the same
+code on the CPU with tiny workloads, to check the script without a GPU (its numbers
+mean nothing and are never written to RESULTS.md).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
-import time
-from typing import Callable
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 import totalnorm
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import toolkit  # noqa: E402
+from toolkit import Target, Timing  # noqa: E402
+
+SEED = 0
+FASTER = Target(min_speedup=1)
+BANDWIDTH = Target(min_speedup=1, min_fraction=0.9, limit="copy BW")
+
+
+@dataclass(frozen=True)
+class Device:
+    """How this run places tensors and times calls."""
+
+    name: str
+    label: str  # the machine, as the heading and every row name it
+    key: str  # how a heading for this machine starts, whatever follows
+    flush: Callable[[], None]  # before each timed call of a large workload
+    device_clock: toolkit.Clock
+    wall_clock: toolkit.Clock
+    copy_bytes: int
+    smoke: bool
+
+
+def cuda_device() -> Device:
+    if not torch.cuda.is_available():
+        sys.exit("bench_gpu.py: no CUDA device (torch.cuda.is_available() is False); "
+                 "run it on a GPU machine, or pass --smoke to check the script on the CPU")
+    gpu = torch.cuda.get_device_name()
+    return Device("cuda", toolkit.gpu_label(), f"## GPU: {gpu} (", toolkit.L2Flush(), toolkit.cuda_event_clock(),
+                  toolkit.cuda_wall_clock(calls=10), 4 << 30, smoke=False)
+
+
+def smoke_device() -> Device:
+    return Device("cpu", "smoke run on the CPU (not a GPU result)", "## GPU: smoke run", lambda: None,
+                  toolkit.wall_clock, toolkit.wall_clock, 64 << 20, smoke=True)
 
 
 def transformer_shapes(d: int = 2048, layers: int = 20, vocab: int = 32000, mlp: int = 5632) -> list[tuple[int, ...]]:
@@ -34,67 +85,87 @@ def transformer_shapes(d: int = 2048, layers: int = 20, vocab: int = 32000, mlp:
     return shapes
 
 
-def small_shapes(n: int = 2000, seed: int = 0) -> list[tuple[int, ...]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(int(k),) for k in torch.randint(1024, 16 * 1024 + 1, (n,), generator=g)]
+def make(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -> list[torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(SEED)
+    return [torch.randn(s, device=device, dtype=dtype, generator=gen) for s in shapes]
 
 
-def make(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> list[torch.Tensor]:
-    return [torch.randn(s, device="cuda", dtype=dtype) for s in shapes]
+def small_tensors(dev: Device) -> list[torch.Tensor]:
+    sizes = toolkit.small_tensor_sizes(torch.Generator().manual_seed(SEED), count=50 if dev.smoke else 2_000)
+    return make([(n,) for n in sizes], torch.float32, dev.name)
 
 
-def nbytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+def check(tensors: list[torch.Tensor]) -> None:
+    """A sanity check of the result against a float64 norm of float64 per-tensor norms."""
+    got = totalnorm.total_norm(tensors).double().item()
+    ref = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.double()) for t in tensors])).item()
+    tolerance = 2**-7 if tensors[0].dtype == torch.bfloat16 else 1.2e-7
+    assert abs(got - ref) <= tolerance * ref, (got, ref)
 
 
-def device_time_ms(fn: Callable[[], object], calls: int = 10, rounds: int = 7) -> float:
-    """Median over rounds of CUDA-event time per call, `calls` calls enqueued back
-    to back so that one call's host work overlaps the previous call's kernels
-    (a single timed call would also count the GPU idling while the host launches)."""
-    fn()
-    torch.cuda.synchronize()
-    per_call = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        per_call.append(start.elapsed_time(end) / calls)
-    return statistics.median(per_call)
+@dataclass(frozen=True)
+class Row(toolkit.Comparison):
+    workload: str
+    tensors: int
+    nbytes: int
+    foreach: Timing | None
+    target: Target
+    copy_gbps: float | None  # the roofline, for rows it applies to
+
+    @property
+    def copy_fraction(self) -> float | None:
+        return None if self.copy_gbps is None else self.gbps / self.copy_gbps
 
 
-def wall_time_ms(fn: Callable[[], object], calls: int = 50, rounds: int = 7) -> float:
-    """Median over rounds of (wall time of `calls` back-to-back calls + sync) / calls."""
-    fn()
-    torch.cuda.synchronize()
-    per_call = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        per_call.append((time.perf_counter() - t0) * 1e3 / calls)
-    return statistics.median(per_call)
+def row(title: str, ts: list[torch.Tensor], t: dict[str, Timing], passes: int = 1, target: Target = FASTER,
+        copy: float | None = None) -> Row:
+    """A row from timings; `passes`: how many times the op must move the tensors' bytes."""
+    n = toolkit.nbytes(ts)
+    return Row(traffic=passes * n, totalnorm=t["totalnorm"], torch=t["torch"], workload=title, tensors=len(ts),
+               nbytes=n, foreach=t.get("foreach"), target=target, copy_gbps=copy)
 
 
-def copy_bandwidth_gbs(total_bytes: int = 4 << 30) -> float:
-    src = torch.empty(total_bytes // 4, dtype=torch.float32, device="cuda").uniform_()
+def copy_gbps(dev: Device, budget_s: float) -> float:
+    src = torch.empty(dev.copy_bytes // 4, dtype=torch.float32, device=dev.name).uniform_()
     dst = torch.empty_like(src)
-    ms = device_time_ms(lambda: dst.copy_(src))
-    return 2 * total_bytes / ms / 1e6
+    t = toolkit.time_interleaved({"copy": lambda: dst.copy_(src)}, budget_s, clock=dev.device_clock)
+    return 2 * dev.copy_bytes / t["copy"].median / 1e9
 
 
-def with_grads(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Parameters whose .grad are copies of `tensors` (max_norm 1e9 scales them by 1, so repeats don't drift)."""
-    params = [t.detach().requires_grad_() for t in tensors]
-    for p, t in zip(params, tensors):
-        p.grad = t.clone()
-    return params
+def bench_norm(title: str, ts: list[torch.Tensor], budget_s: float, target: Target, copy: float | None,
+               **timing) -> Row:
+    t = toolkit.time_interleaved(
+        {
+            "totalnorm": lambda: totalnorm.total_norm(ts),
+            "torch": lambda: torch.nn.utils.get_total_norm(ts),
+            "foreach": lambda: torch._foreach_norm(ts),
+        },
+        budget_s,
+        warmups=3,
+        **timing,
+    )
+    return row(title, ts, t, target=target, copy=copy)
 
 
-def graph_of(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+def bench_clip(title: str, ts: list[torch.Tensor], budget_s: float, **timing) -> Row:
+    # max_norm far above the norm: the coefficient is 1, every call still scales every
+    # gradient, and repeated calls see the same values.
+    mine, _ = toolkit.parameters_with_grads(ts)
+    theirs, _ = toolkit.parameters_with_grads(ts)
+    t = toolkit.time_interleaved(
+        {
+            "totalnorm": lambda: totalnorm.clip_grad_norm_(mine, 1e9),
+            "torch": lambda: torch.nn.utils.clip_grad_norm_(theirs, 1e9),
+        },
+        budget_s,
+        warmups=3,
+        **timing,
+    )
+    # Read for the norm, then read and write to scale: three passes over the bytes.
+    return row(title, ts, t, passes=3)
+
+
+def graph_of(fn: Callable[[], object]) -> Callable[[], None]:
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -107,81 +178,117 @@ def graph_of(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     return graph.replay
 
 
-def reference(tensors: list[torch.Tensor]) -> float:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.double()) for t in tensors])).item()
+def bench_graph(title: str, ts: list[torch.Tensor], dev: Device, budget_s: float) -> Row:
+    t = toolkit.time_interleaved(
+        {
+            "totalnorm": graph_of(lambda: totalnorm.total_norm(ts)),
+            "torch": graph_of(lambda: torch.nn.utils.get_total_norm(ts)),
+        },
+        budget_s,
+        warmups=3,
+        clock=dev.device_clock,
+    )
+    return row(title, ts, t)
+
+
+def run(dev: Device, budget_s: float) -> tuple[list[Row], float, str]:
+    """Every row, the copy roofline and the float64-cost line."""
+    copy = copy_gbps(dev, budget_s)
+    large = dict(setup=dev.flush, clock=dev.device_clock)
+    shapes = transformer_shapes(d=64, layers=2, vocab=500, mlp=176) if dev.smoke else transformer_shapes()
+    rows: list[Row] = []
+    inf_line = ""
+    for title, dtype in (("(a) 1.1B fp32, transformer shapes", torch.float32),
+                         ("(b) 1.1B bf16, transformer shapes", torch.bfloat16)):
+        ts = make(shapes, dtype, dev.name)
+        check(ts)
+        rows.append(bench_norm(title, ts, budget_s, BANDWIDTH, copy, **large))
+        rows.append(bench_clip(title.replace(")", ") clip", 1), ts, budget_s, **large))
+        if dtype == torch.float32:
+            inf_line = toolkit.float64_cost_line(title, ts, budget_s, **large)
+        del ts
+        if not dev.smoke:
+            torch.cuda.empty_cache()
+
+    ts = small_tensors(dev)
+    check(ts)
+    rows.append(bench_norm("(c) 2,000 x 1K-16K fp32, wall/call", ts, budget_s, Target(min_speedup=10), None,
+                           clock=dev.wall_clock))
+    rows.append(bench_clip("(c) clip, wall/call", ts, budget_s, clock=dev.wall_clock))
+    if not dev.smoke:
+        rows.append(bench_graph("(d) (c) in a CUDA graph, replay", ts, dev, budget_s))
+    return rows, copy, inf_line
+
+
+def results_table(rows: list[Row], machine: str) -> str:
+    header = ["machine", "workload", "tensors", "GB", "totalnorm ms", "torch ms", "_foreach_norm ms", "speedup",
+              "totalnorm GB/s", "of copy BW", "target", "met"]
+    cells = [
+        [machine, r.workload, r.tensors, f"{r.nbytes / 1e9:.3f}", f"{r.totalnorm.median * 1e3:.3f}",
+         f"{r.torch.median * 1e3:.3f}", "-" if r.foreach is None else f"{r.foreach.median * 1e3:.3f}",
+         f"{r.speedup:.1f}x", f"{r.gbps:.0f}", "-" if r.copy_fraction is None else f"{r.copy_fraction:.2f}",
+         r.target.describe(), toolkit.met_cell(r.target.met(r.speedup, r.copy_fraction))]
+        for r in rows
+    ]
+    return toolkit.markdown_table(header, cells, align="llrrrrrrrrll")
+
+
+def roofline_table(rows: list[Row], machine: str) -> str:
+    header = ["machine", "workload", "GB", "totalnorm GB/s", "torch GB/s", "_foreach_norm GB/s", "copy GB/s"]
+    cells = [
+        [machine, r.workload, f"{r.nbytes / 1e9:.3f}", f"{r.gbps:.0f}", f"{r.torch_gbps:.0f}",
+         f"{r.traffic / r.foreach.median / 1e9:.0f}", f"{r.copy_gbps:.0f}"]
+        for r in rows
+        if r.copy_gbps is not None and r.foreach is not None
+    ]
+    return toolkit.markdown_table(header, cells, align="llrrrrr")
+
+
+LEGEND = (
+    "Times: median over interleaved rounds (totalnorm, torch and _foreach_norm called in turn each round,"
+    " after 3 warm-up rounds). (a), (b): CUDA-event time of one call, the L2 cache flushed (256 MB written)"
+    " before every call; (c): wall time per call of 10 back-to-back calls and a synchronize, host overhead"
+    " included; (d): CUDA-event time of one graph replay. GB/s: bytes the op must move / median time"
+    " (clipping moves 3x: read for the norm, read + write to scale); \"of copy BW\": that over the copy rate."
+)
+
+
+def section(rows: list[Row], copy: float, inf_line: str, dev: Device) -> str:
+    if dev.smoke:
+        about = f"torch {torch.__version__}; {datetime.date.today().isoformat()}."
+    else:
+        props = torch.cuda.get_device_properties(0)
+        about = (f"{props.name} ({props.multi_processor_count} SMs); {os.cpu_count()} CPU cores;"
+                 f" torch {torch.__version__}; {datetime.date.today().isoformat()}; `bash benchmarks/gpu_suite.sh`.")
+    roofline = (f"Roofline: device-to-device copy of {dev.copy_bytes / 2**30:g} GiB = {copy:.0f} GB/s"
+                " (read + write bytes / time).")
+    parts = [
+        f"## GPU: {dev.label}",
+        about + " " + roofline,
+        results_table(rows, dev.label),
+        LEGEND,
+        roofline_table(rows, dev.label),
+        inf_line,
+    ]
+    return "\n\n".join(parts) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", help="also write the table to this file")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    toolkit.add_write_argument(parser)
+    parser.add_argument("--out", type=Path, help="also write the section to this file")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of timed rounds per measurement")
+    parser.add_argument("--smoke", action="store_true", help="tiny workloads on the CPU: checks the script only")
     args = parser.parse_args()
+    if args.smoke and args.write is not None and args.write.resolve() == toolkit.RESULTS:
+        parser.error("--smoke numbers are not results: give --write another file")
 
-    props = torch.cuda.get_device_properties(0)
-    copy_gbs = copy_bandwidth_gbs()
-    rows: list[list[str]] = []
-
-    def row(name: str, tensors: list[torch.Tensor], ours_ms: float, torch_ms: float, foreach_ms: float | None,
-            target: str, met: bool, bandwidth: bool) -> None:
-        gbs = nbytes(tensors) / ours_ms / 1e6
-        rows.append([
-            props.name, name, f"{len(tensors)}", f"{nbytes(tensors) / 1e9:.3f}", f"{ours_ms:.3f}", f"{torch_ms:.3f}",
-            "-" if foreach_ms is None else f"{foreach_ms:.3f}", f"{torch_ms / ours_ms:.1f}x",
-            f"{gbs:.0f}", f"{gbs / copy_gbs:.2f}" if bandwidth else "-", target, "met" if met else "NOT met",
-        ])
-
-    # (a), (b): bandwidth-bound; device time per call.
-    for label, dtype in (("(a) 1.1B fp32, transformer shapes", torch.float32),
-                         ("(b) 1.1B bf16, transformer shapes", torch.bfloat16)):
-        ts = make(transformer_shapes(), dtype)
-        got = totalnorm.total_norm(ts).double().item()
-        ref = reference(ts)
-        assert abs(got - ref) <= 2 ** -7 * ref if dtype == torch.bfloat16 else abs(got - ref) <= 1.2e-7 * ref, (got, ref)
-        ours = device_time_ms(lambda: totalnorm.total_norm(ts))
-        theirs = device_time_ms(lambda: torch.nn.utils.get_total_norm(ts))
-        fe = device_time_ms(lambda: torch._foreach_norm(ts))
-        frac = nbytes(ts) / ours / 1e6 / copy_gbs
-        row(label, ts, ours, theirs, fe, ">=0.9 of copy BW, faster than torch", frac >= 0.9 and ours < theirs, True)
-        params = with_grads(ts)
-        ours_c = device_time_ms(lambda: totalnorm.clip_grad_norm_(params, 1e9))
-        theirs_c = device_time_ms(lambda: torch.nn.utils.clip_grad_norm_(params, 1e9))
-        row(label.replace(")", ") clip", 1), ts, ours_c, theirs_c, None, "faster than torch", ours_c < theirs_c, False)
-        del ts, params
-        torch.cuda.empty_cache()
-
-    # (c): many small tensors; wall time per call, host overhead included.
-    ts = make(small_shapes(), torch.float32)
-    got = totalnorm.total_norm(ts).double().item()
-    ref = reference(ts)
-    assert abs(got - ref) <= 1.2e-7 * ref, (got, ref)
-    ours = wall_time_ms(lambda: totalnorm.total_norm(ts))
-    theirs = wall_time_ms(lambda: torch.nn.utils.get_total_norm(ts))
-    fe = wall_time_ms(lambda: torch._foreach_norm(ts))
-    row("(c) 2,000 x 1K-16K fp32, wall/call", ts, ours, theirs, fe, ">=10x faster than torch", theirs / ours >= 10, False)
-    params = with_grads(ts)
-    ours_c = wall_time_ms(lambda: totalnorm.clip_grad_norm_(params, 1e9))
-    theirs_c = wall_time_ms(lambda: torch.nn.utils.clip_grad_norm_(params, 1e9))
-    row("(c) clip, wall/call", ts, ours_c, theirs_c, None, "faster than torch", ours_c < theirs_c, False)
-
-    # (d): (c) captured in a CUDA graph; device time per replay.
-    ours_g = device_time_ms(graph_of(lambda: totalnorm.total_norm(ts)))
-    theirs_g = device_time_ms(graph_of(lambda: torch.nn.utils.get_total_norm(ts)))
-    row("(d) (c) in a CUDA graph, replay", ts, ours_g, theirs_g, None, "faster than torch", ours_g < theirs_g, False)
-
-    header = ["machine", "workload", "tensors", "GB", "totalnorm ms", "torch ms", "_foreach_norm ms", "speedup",
-              "totalnorm GB/s", "of copy BW", "target", "status"]
-    lines = [
-        f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-        f"{datetime.date.today().isoformat()}",
-        f"Roofline: device-to-device copy of 4 GiB = {copy_gbs:.0f} GB/s (read + write bytes / time)",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ] + ["| " + " | ".join(r) + " |" for r in rows]
-    text = "\n".join(lines)
-    print(text)
+    dev = smoke_device() if args.smoke else cuda_device()
+    rows, copy, inf_line = run(dev, 0.05 if args.smoke else args.budget)
+    text = section(rows, copy, inf_line, dev)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        args.out.write_text(text)
+    toolkit.publish(text, args.write, heading_prefix=dev.key)
 
 
 if __name__ == "__main__":

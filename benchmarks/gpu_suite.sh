@@ -3,8 +3,9 @@
 # build (library + GoogleTest), GPU tests (ctest: GoogleTest, examples, TorchScript,
 # CMake package, the C++ API across ranks; pytest, with the NCCL world-size-1
 # tests of test_distributed_nccl.py), compute-sanitizer
-# memcheck and racecheck on the GoogleTest binary, then the GPU benchmark; a short
-# table last. Fits one 10-minute call on an H100 machine.
+# memcheck and racecheck on the GoogleTest binary, then the GPU benchmark (its section
+# of benchmarks/RESULTS.md rewritten, results.png redrawn); a short table last. Fits
+# one 10-minute call on an H100 machine.
 #
 #   bash benchmarks/gpu_suite.sh            # logs and the benchmark table go to $OUT or build-gpu/out
 #   SKIP="pytest racecheck" bash benchmarks/gpu_suite.sh   # leave steps out
@@ -72,7 +73,10 @@ step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
   "$build/test/csrc/totalnorm_tests" --gtest_filter="$cuda_tests" --gtest_brief=1
 step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
   "$build/test/csrc/totalnorm_tests" --gtest_filter="$cuda_tests" --gtest_brief=1
-step benchmark "$python" benchmarks/bench_gpu.py --out "$out/bench_gpu.md"
+# --write replaces this GPU's section of benchmarks/RESULTS.md and redraws results.png;
+# copies of both land in $out, to be brought back from a lent machine.
+step benchmark "$python" benchmarks/bench_gpu.py --write --out "$out/bench_gpu.md"
+cp benchmarks/RESULTS.md benchmarks/results.png "$out"/ 2>/dev/null
 
 echo
 echo "| step | status | time |"

@@ -1,5 +1,5 @@
-"""The seed's example through totalnorm: a tiny model, one backward pass, the
-global gradient norm of its parameters beside torch's own."""
+"""get_total_norm over a model's parameters through totalnorm: a tiny model, one
+backward pass, the global gradient norm of its parameters beside torch's own."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

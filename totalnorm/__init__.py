@@ -131,7 +131,7 @@ def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], li
 def get_total_norm(
     parameters: TensorOrTensors, norm_type: float = 2.0, error_if_nonfinite: bool = False, *, group=None
 ) -> torch.Tensor:
-    """The p-norm of the gradients of ``parameters`` (the seed's API).
+    """The p-norm of the gradients of ``parameters`` (docs/semantics.md, Parameters and clipping).
 
     Parameters whose ``.grad`` is None are skipped; a generator is consumed once.
     No parameters give ``torch.tensor(0.0)``; parameters without any gradient

@@ -1,5 +1,5 @@
 #pragma once
-// The SPEC's reference for the C++ tests: torch.linalg.vector_norm of the
+// The reference of docs/semantics.md for the C++ tests: torch.linalg.vector_norm of the
 // float64 concatenation of the inputs, rounded once to the result dtype.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@ namespace totalnorm::testing {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// SPEC reference: vector_norm of the float64 concatenation, rounded once.
+// docs/semantics.md reference: vector_norm of the float64 concatenation, rounded once.
 inline at::Tensor reference(const std::vector<at::Tensor>& tensors, double p, at::ScalarType out) {
   std::vector<at::Tensor> flat;
   for (const auto& t : tensors) flat.push_back(t.reshape(-1).to(at::kCPU));

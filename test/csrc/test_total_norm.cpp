@@ -41,7 +41,7 @@ TEST_P(TotalNorm, MatchesTheFloat64ReferenceForEveryOrder) {
     SCOPED_TRACE(p);
     const at::Tensor got = totalnorm::total_norm(tensors, p);
     EXPECT_EQ(got.device().type(), GetParam());
-    // 1 ulp of float32 for the fast paths, 1e-6 for the general one (SPEC).
+    // 1 ulp of float32 for the fast paths, 1e-6 for the general one (docs/semantics.md, Accuracy).
     const bool fast = p == 0 || p == 1 || p == 2 || std::isinf(p);
     const double rtol = fast ? 1.2e-7 : 1e-6;
     expect_close(got.cpu(), reference(tensors, p, at::kFloat), rtol);

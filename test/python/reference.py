@@ -1,11 +1,11 @@
-"""The float64 reference of SPEC.md and the checks every test file shares.
+"""The float64 reference of docs/semantics.md and the checks every test file shares.
 
-The reference is the SPEC's definition: the p-norm of the float64 concatenation of
-all elements (complex elements by ``|z|``), rounded once to the result dtype. It is
-computed with math.fsum (see reference_norm) and checked against
-``torch.linalg.vector_norm`` on small inputs. The accuracy bounds are the SPEC's: 1 ulp of the exactly rounded
-value for p in {0, 1, 2, inf, -inf}, relative error 1e-6 for other p (float32
-results), 1e-13 for float64 results.
+The reference is the Definition of docs/semantics.md: the p-norm of the float64
+concatenation of all elements (complex elements by ``|z|``), rounded once to the result
+dtype. It is computed with math.fsum (see reference_norm) and checked against
+``torch.linalg.vector_norm`` on small inputs. The accuracy bounds are its Accuracy
+section's: 1 ulp of the exactly rounded value for p in {0, 1, 2, inf, -inf}, relative
+error 1e-6 for other p (float32 results), 1e-13 for float64 results.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 INF = math.inf
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-# The orders of the issue: every reduction kind (0, 1, 2, inf, -inf and the
+# The orders of docs/semantics.md (Orders): every reduction kind (0, 1, 2, inf, -inf and the
 # general pow path, positive and negative).
 ORDERS = [0.5, 1.0, 1.5, 2.0, 3.0, INF, -INF, 0.0, -1.0]
 FAST_ORDERS = {0.0, 1.0, 2.0, INF, -INF}
@@ -43,7 +43,7 @@ def real_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def expected_dtype(tensors: Sequence[torch.Tensor], dtype: Optional[torch.dtype] = None) -> torch.dtype:
-    """SPEC: the dtype argument, else the promotion of the real counterparts."""
+    """docs/semantics.md (Result): the dtype argument, else the promotion of the real counterparts."""
     if dtype is not None:
         return dtype
     out = real_dtype(tensors[0].dtype)
@@ -95,19 +95,19 @@ def _fsum(terms: np.ndarray) -> float:
 
 
 def reference_norm(tensors: Iterable[torch.Tensor], p: float) -> float:
-    """SPEC's definition in float64, before the rounding to the result dtype.
+    """The Definition of docs/semantics.md in float64, before the rounding to the result dtype.
 
-    The SPEC defines the value as ``vector_norm`` of the float64 concatenation;
+    docs/semantics.md defines the value as ``vector_norm`` of the float64 concatenation;
     this computes that value more accurately: every term |x|^p is rounded once and
     math.fsum adds them exactly rounded. torch's own float64 accumulation is off by
-    up to 2e-13 at 1e7 elements (measured for p = 0.5), more than the SPEC's float64
-    bound, so it cannot serve as the reference for large inputs.
+    up to 2e-13 at 1e7 elements (measured for p = 0.5), more than the float64 bound of
+    docs/semantics.md, so it cannot serve as the reference for large inputs.
     test_reference_agrees_with_vector_norm checks the two agree on small inputs.
     """
     tensors = list(tensors)
     a = _magnitudes(tensors)
     if a.size == 0:
-        return 0.0  # SPEC: empty tensors contribute nothing (vector_norm would raise for inf)
+        return 0.0  # docs/semantics.md: empty tensors contribute nothing (vector_norm would raise for inf)
     if p == 0:
         return float(np.count_nonzero(a))  # NaN counts as non-zero, as in vector_norm
     if np.isnan(a).any():
@@ -135,7 +135,7 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def check_value(got: torch.Tensor, want: float, p: float) -> None:
-    """``got`` (in its own dtype) against the float64 value ``want``, to the SPEC's bounds."""
+    """``got`` (in its own dtype) against the float64 value ``want``, to the bounds of docs/semantics.md."""
     out = got.dtype
     g = got.item()
     if math.isnan(want):
@@ -152,7 +152,7 @@ def check_value(got: torch.Tensor, want: float, p: float) -> None:
         assert abs(g - want) <= 1e-6 * abs(want), f"p={p}: got {g!r}, want {want!r}"
     else:
         # float32 results of the fast orders, and float16/bfloat16 results of any
-        # order: the result is rounded once from a float64 accumulation (SPEC), so it
+        # order: the result is rounded once from a float64 accumulation (docs/semantics.md, Result), so it
         # is within 1 ulp of the exactly rounded value, which the rounded float64
         # reference is (or is next to).
         d = ulp_distance(got, want_rounded)

@@ -1,4 +1,4 @@
-"""Accuracy at scale, against exactly computed values (SPEC: "Accuracy and determinism").
+"""Accuracy at scale, against exactly computed values (docs/semantics.md: "Accuracy", "Determinism").
 
 float32 results must be within 1 ulp of the *exactly rounded* value for p in
 {0, 1, 2, inf, -inf}. The exact value of sum |x| and sum x^2 over 1e8 float32
@@ -173,7 +173,7 @@ def test_1e8_float32_p_inf_p0_and_minus_inf_are_exact(device, big_float32):
 
 
 def test_half_precision_inputs_float32_result_within_one_ulp(device):
-    # SPEC: float16/bfloat16 inputs, float32 result (here by promotion f16 + bf16).
+    # docs/semantics.md (Accuracy): float16/bfloat16 inputs, float32 result (here by promotion f16 + bf16).
     halves = _draw(5, 1_000_000, seed=7, dtype=torch.bfloat16)
     # float16 holds far less range: keep these near 1 so nothing saturates.
     g = torch.Generator().manual_seed(8)
@@ -201,7 +201,7 @@ def test_general_orders_float32_relative_error(device, p, ten_million_float32):
     if p < 0:
         tensors = [t[t != 0] for t in tensors]  # a zero would make the norm exactly 0
     got = totalnorm.total_norm(_on(device, tensors), p)
-    check_value(got.cpu(), reference_norm(tensors, p), p)  # rel <= 1e-6 (SPEC)
+    check_value(got.cpu(), reference_norm(tensors, p), p)  # rel <= 1e-6 (docs/semantics.md, Accuracy)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 0.5], ids=lambda p: f"p={p:g}")

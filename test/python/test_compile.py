@@ -1,6 +1,6 @@
 """The op through torch.library.opcheck, torch.compile, torch.export and TorchScript.
 
-SPEC: every entry point keeps the contract; Meta/fake tensors give a 0-dim result
+docs/semantics.md: every entry point keeps the contract; Meta/fake tensors give a 0-dim result
 of the right dtype and device so torch.compile and torch.export trace through.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_opcheck_total_norm(device, name):
     "itself on it; totalnorm.total_norm([]) is handled in Python under torch.compile (README)",
 )
 def test_opcheck_total_norm_empty_list():
-    # SPEC: an empty list gives torch.tensor(0.0), on every entry point.
+    # docs/semantics.md (Empty inputs): an empty list gives torch.tensor(0.0), on every entry point.
     torch.library.opcheck(TOTAL_NORM, ([], 2.0, False, None))
 
 
@@ -119,7 +119,7 @@ def test_compile_get_total_norm_over_parameters(device):
 
 
 def test_compile_empty_list():
-    # SPEC: an empty list gives torch.tensor(0.0) on every entry point.
+    # docs/semantics.md (Empty inputs): an empty list gives torch.tensor(0.0) on every entry point.
     compiled = torch.compile(lambda: totalnorm.total_norm([]) + 1, fullgraph=True, backend="aot_eager")
     assert compiled().item() == 1.0
 

@@ -1,4 +1,4 @@
-"""CUDA-only behaviour (SPEC "Devices"): graphs, streams, mixed devices, many tensors,
+"""CUDA-only behaviour (docs/semantics.md, "Devices and tracing"): graphs, streams, mixed devices, many tensors,
 64-bit indexing, no host synchronisation. Every other test file also runs on CUDA
 through the ``device`` fixture when a GPU is present.
 """
@@ -61,7 +61,7 @@ def test_graph_capture_and_replay_with_changing_values():
         graph.replay()
         torch.cuda.synchronize()
         for p, out in zip(orders_, outs):
-            # SPEC: bitwise identical inside and outside a graph.
+            # docs/semantics.md (Determinism): bitwise identical inside and outside a graph.
             assert_bitwise_equal(out, totalnorm.total_norm(static, p))
             assert_norm(out, static, p)
 
@@ -182,7 +182,7 @@ def test_mixed_devices_clip_grad_norm_like_torch(first):
     "mixed-device lists work in eager mode only (README)",
 )
 def test_compile_with_mixed_devices():
-    # SPEC: any mix of devices, and torch.compile traces through the op.
+    # docs/semantics.md (Devices and tracing): any mix of devices, and torch.compile traces through the op.
     tensors = [sample((100,), device="cuda"), sample((50,), device="cpu", seed=1)]
     compiled = torch.compile(lambda ts: totalnorm.total_norm(ts), fullgraph=True, backend="aot_eager")
     assert_bitwise_equal(compiled(tensors), totalnorm.total_norm(tensors))
@@ -235,7 +235,7 @@ def test_kernel_launches_do_not_grow_with_the_tensor_count():
         return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
     few, many = launches(10), launches(5000)
-    # SPEC: a fixed, small number of launches per (device, dtype) group.
+    # docs/semantics.md (Devices and tracing): a fixed, small number of launches per (device, dtype) group.
     assert few <= 4 and many <= 8, (few, many)
 
 

@@ -1,4 +1,4 @@
-"""Rejections: each names what was wrong and where, and changes nothing (SPEC)."""
+"""Rejections: each names what was wrong and where, and changes nothing (docs/semantics.md, Errors)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from reference import assert_unchanged, sample, snapshot
 
 import totalnorm
 
-BAD = (RuntimeError, TypeError)  # SPEC: "a RuntimeError/TypeError that names the offending index"
+BAD = (RuntimeError, TypeError)  # docs/semantics.md (Errors): each names the offending index
 
 
 def _quiet(make):

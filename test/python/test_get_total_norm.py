@@ -1,4 +1,4 @@
-"""totalnorm.get_total_norm: the seed's API over parameters' gradients."""
+"""totalnorm.get_total_norm: the API over parameters' gradients (docs/semantics.md, Parameters and clipping)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import totalnorm
 
 
 class Tiny(torch.nn.Module):
-    """The seed's example model."""
+    """The model of examples/seed_example.py."""
 
     def __init__(self):
         super().__init__()
@@ -48,7 +48,7 @@ def test_seed_example_matches_torch(device, p):
     theirs = torch.nn.utils.get_total_norm(grads, p)
     # torch rounds each per-tensor norm to float32 before combining: a few ulps.
     torch.testing.assert_close(got, theirs, rtol=1e-5, atol=0)
-    assert_unchanged(grads, before)  # the seed: gradients are not modified
+    assert_unchanged(grads, before)  # docs/semantics.md: gradients are not modified
 
 
 def test_seed_example_default_order_is_2(device):

@@ -1,4 +1,4 @@
-"""totalnorm.total_norm against the SPEC's float64 reference, on every device."""
+"""totalnorm.total_norm against the float64 reference of docs/semantics.md, on every device."""
 from __future__ import annotations
 
 import json
@@ -51,14 +51,14 @@ def mixed_shapes(dtype, device, seed=0):
 @orders
 @all_dtypes
 def test_reference_agrees_with_vector_norm(dtype, p):
-    """The fsum reference is the SPEC's vector_norm definition (small inputs, where
+    """The fsum reference is the vector_norm Definition of docs/semantics.md (small inputs, where
     vector_norm's float64 accumulation error is negligible)."""
     tensors = mixed_shapes(dtype, "cpu")
     flat = torch.cat([t.reshape(-1).to(torch.complex128).abs() for t in tensors])
     want = torch.linalg.vector_norm(flat, p).item()
     got = reference_norm(tensors, p)
     # vector_norm's own float64 accumulation is off by up to ~5e-14 here (measured,
-    # bfloat16 p=0.5, 74k elements), hence the SPEC's float64 bound as tolerance.
+    # bfloat16 p=0.5, 74k elements), hence the float64 bound of docs/semantics.md as tolerance.
     assert got == want or abs(got - want) <= 1e-13 * abs(want), (got, want)
 
 
@@ -195,7 +195,7 @@ def test_dtype_argument_sets_the_result_dtype(device, inp, out, p):
 
 def test_bfloat16_with_float64_result_is_not_accumulated_in_bfloat16(device):
     # 4096 copies of bf16(1.01): a bfloat16 (or float32 per-tensor) accumulation
-    # would be visibly off; the SPEC's float64 accumulation is exact here.
+    # would be visibly off; the float64 accumulation of docs/semantics.md is exact here.
     x = torch.full((4096,), 1.01, dtype=torch.bfloat16, device=device)
     v = x[0].double().item()
     got = totalnorm.total_norm([x, x[:1000]], 1.0, dtype=torch.float64)
@@ -277,7 +277,7 @@ def test_negative_orders_with_a_zero_element_give_zero(device, p):
     assert_norm(got, tensors, p)
 
 
-# --- overflow: squares must not overflow on the way (SPEC) ------------------------------
+# --- overflow: squares must not overflow on the way (docs/semantics.md) ------------------------------
 
 
 @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ def test_no_overflow_when_the_true_norm_fits(device, dtype, value, count, p):
     got = totalnorm.total_norm([t], p)
     magnitude = abs(complex(t[0].item()))
     want = {1.0: magnitude * count, 2.0: magnitude * math.sqrt(count), INF: magnitude}[p]
-    # SPEC: inf only when the true norm exceeds the output dtype's range.
+    # docs/semantics.md (Special values): inf only when the true norm exceeds the output dtype's range.
     check_value(got, want, p)
     if want < torch.finfo(got.dtype).max * (1 - torch.finfo(got.dtype).eps):
         assert math.isfinite(got.item())
@@ -323,7 +323,7 @@ def test_float64_overflow_at_least_matches_vector_norm(device, p):
     if math.isfinite(torchs):
         assert abs(got - torchs) <= 1e-13 * torchs
     else:
-        # vector_norm overflows on the way; the SPEC asks for at least that.
+        # vector_norm overflows on the way; docs/semantics.md asks for at least that.
         assert got == math.inf or (math.isfinite(true) and abs(got - true) <= 1e-13 * true), (got, true)
 
 
@@ -381,7 +381,7 @@ def test_all_empty_tensors_give_zero_on_the_first_device(device, dtype, p):
 
 @pytest.mark.parametrize("p", [INF, -INF], ids=order_id)
 def test_empty_tensors_among_others_contribute_nothing(device, p):
-    # Recent torch raises here for +-inf; the SPEC's definition skips empty tensors.
+    # Recent torch raises here for +-inf; docs/semantics.md (Empty inputs) skips empty tensors.
     full = sample((100,), device=device, seed=5)
     tensors = [torch.empty(0, device=device), full, torch.empty(0, 4, device=device)]
     got = totalnorm.total_norm(tensors, p)
@@ -411,7 +411,7 @@ def test_accepts_a_generator_and_python_number_orders(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 def test_agrees_with_torch_get_total_norm(device, dtype, p):
     # No empty tensors (torch raises for +-inf) and p != 0 (torch counts tensors):
-    # the two cases where the SPEC says they differ.
+    # the two cases docs/semantics.md lists as differences from torch.
     tensors = [sample((n,), dtype, device=device, seed=n) for n in (1, 17, 1000, 4099)] + [
         sample((30, 40), dtype, device=device).t()
     ]
@@ -503,7 +503,7 @@ def test_portable_and_avx2_cpu_loops_agree_bitwise(tmp_path):
 
     The in-process library uses the best loops the processor runs (AVX2 on x86-64
     machines that have it); a subprocess with the variable set uses the portable
-    ones. SPEC: identical inputs give bitwise identical results.
+    ones. docs/semantics.md (Determinism): identical inputs give bitwise identical results.
     """
     inputs = _isa_inputs()
     path = tmp_path / "inputs.pt"
