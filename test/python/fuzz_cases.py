@@ -11,7 +11,7 @@ failure is one command:
     python test/python/fuzz_cases.py --clip 1234   # a clip_grad_norm_ case
 
 The values are checked against reference.reference_norm (math.fsum over the float64
-contributions, rounded once) to the SPEC's bounds; clipping is checked against
+contributions, rounded once) to the bounds of docs/semantics.md; clipping is checked against
 torch.nn.utils.clip_grad_norm_ bit for bit where the two norms are equal, and against
 torch.nn.utils.clip_grads_with_norm_ given totalnorm's norm everywhere else.
 """
@@ -321,7 +321,7 @@ def _nonneg_bits(t: torch.Tensor) -> int:
 
 
 def value_error(got: torch.Tensor, want: float, p) -> Optional[str]:
-    """Why `got` misses the float64 reference `want` under the SPEC's bounds (None: it does not).
+    """Why `got` misses the float64 reference `want` under the bounds of docs/semantics.md (None: it does not).
 
     float64 results: 1e-13 relative. float32 results of p outside {0, 1, 2, inf, -inf}:
     1e-6 relative or 1 ulp. Every other result: within 1 ulp of the reference rounded to

@@ -1,4 +1,4 @@
-"""Many Python threads calling the operators at once (SPEC: bitwise-identical results).
+"""Many Python threads calling the operators at once (docs/semantics.md: bitwise-identical results).
 
 Eight threads run total_norm on one shared list and on lists of their own, and
 clip_grad_norm_ on lists of their own, at several intra-op thread counts

@@ -1,11 +1,11 @@
 """Seeded property tests of the whole contract, and the known contract breaks.
 
 Every case (fuzz_cases.py) is a pure function of its seed: a list of tensors with
-mixed dtypes, shapes from 0-dim to empty to 140,000 elements, every layout the SPEC
+mixed dtypes, shapes from 0-dim to empty to 140,000 elements, every layout docs/semantics.md
 names (and byte-misaligned storage), values from subnormals to 1e30 with zeros, inf
 and NaN, an order among 0, +-1, +-2, 0.5, 3, +-inf and random ones, and the ``dtype=``
 and ``error_if_nonfinite`` arguments. total_norm cases are checked against the
-exact float64 reference to the SPEC's bounds, with the result's dtype, device and
+exact float64 reference to the bounds of docs/semantics.md, with the result's dtype, device and
 grad flag and the inputs left untouched; clip_grad_norm_ cases against
 torch.nn.utils.clip_grad_norm_ bit for bit where the two norms are equal, and
 against torch.nn.utils.clip_grads_with_norm_ given totalnorm's norm elsewhere.
