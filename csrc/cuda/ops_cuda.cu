@@ -20,7 +20,6 @@
 #include <cuda_fp16.h>
 
 #include <array>
-#include <atomic>
 #include <vector>
 
 #include "../checks.h"
@@ -32,8 +31,10 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 // Elements a block should read: enough to amortise its start, few enough that a
-// 2,000-tensor step of ~17M elements still fills an H100 (132 SMs x 4 blocks).
+// 2,000-tensor step of ~17M elements still fills an H100 (132 SMs x 4 blocks);
+// past 2,048 blocks the blocks grow instead.
 constexpr int64_t kBlockElements = 1 << 15;
+constexpr int64_t kMaxBlocks = 2048;
 // Table sizes: the large one fills the 32,764-byte kernel-parameter limit.
 constexpr int kSmallTable = 64;
 constexpr int kLargeTable = 2040;
@@ -266,22 +267,11 @@ Grouped group_by_storage(at::TensorList tensors, Order order) {
   return g;
 }
 
-int multiprocessors(c10::DeviceIndex device) {
-  static std::array<std::atomic<int>, 64> cache{};
-  auto& slot = cache.at(static_cast<size_t>(device));
-  int sms = slot.load(std::memory_order_relaxed);
-  if (sms == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    slot.store(sms, std::memory_order_relaxed);
-  }
-  return sms;
-}
-
-// A grid of as many blocks as the device runs at once (2,048 threads an SM).
-PlanLimits limits_for(const c10::Device& device) {
-  return PlanLimits{kLargeTable, kBlockElements,
-                    static_cast<int64_t>(multiprocessors(device.index())) * (2048 / kThreads)};
-}
+// The split of the work depends on the element counts only, never on the GPU:
+// every model (and MIG slice) merges the same blocks in the same order, so all
+// give the same bits. 2,048 blocks run in whole-enough waves on any current GPU
+// (3.9 waves at 4 blocks an SM on an H100, 4.7 on an A100).
+constexpr PlanLimits kLimits{kLargeTable, kBlockElements, kMaxBlocks};
 
 // Fills a table from one launch of a plan and hands it to `launch`.
 template <int Cap, class Launcher>
@@ -382,11 +372,10 @@ at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
   const c10::cuda::CUDAGuard guard(tensors[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const Grouped grouped = group_by_storage(tensors, order);
-  const PlanLimits limits = limits_for(tensors[0].device());
   std::array<Plan, static_cast<size_t>(Storage::Count)> plans;
   int64_t slots = 0;
   for (size_t s = 0; s < plans.size(); ++s) {
-    plans[s] = plan_launches(grouped.spans[s].numels, limits);
+    plans[s] = plan_launches(grouped.spans[s].numels, kLimits);
     slots += plans[s].partials;
   }
   const auto options = at::TensorOptions().dtype(at::kDouble).device(tensors[0].device());
@@ -462,11 +451,10 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
     spans[k].data.push_back(t.data_ptr());
     spans[k].numels.push_back(t.numel());
   }
-  const PlanLimits limits = limits_for(coef.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "totalnorm_scale_coef", [&] {
     using coef_t = scalar_t;
     for (size_t k = 0; k < types.size(); ++k) {
-      const Plan plan = plan_launches(spans[k].numels, limits);
+      const Plan plan = plan_launches(spans[k].numels, kLimits);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, types[k], "totalnorm_scale", [&] {
         for (const Launch& l : plan.launches) {
           for_each_table(spans[k], plan, l, [&](const auto& table) {
