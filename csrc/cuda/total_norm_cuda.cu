@@ -147,18 +147,49 @@ template <Order O, class S, int Cap>
 __global__ void __launch_bounds__(kThreads)
     reduce_kernel(const __grid_constant__ TensorTable<Cap> table, double p, double* __restrict__ partials) {
   using Op = NormOp<O>;
+  // Sums cascade in three levels, so that a thread's thousands of terms (a grid
+  // of ~528 blocks over 1e9 elements) do not round thousands of times in a row:
+  // each vector's (or lone element's) contributions form one term, `run` adds
+  // 32 terms, `mid` adds 32 runs, `acc` adds the rest. The counts follow this
+  // thread's element positions only. Max, min and counts (exact) use `acc` alone.
+  constexpr bool kCascade = O == Order::One || O == Order::Two || O == Order::General;
   double acc = Op::identity;
-  auto add = [&](S x) { acc = Op::combine(acc, contribution<O>(x, p)); };
+  double run = 0.0;
+  double mid = 0.0;
+  int run_terms = 0;
+  int mid_runs = 0;
+  auto add_term = [&](double term) {
+    if constexpr (kCascade) {
+      run += term;
+      if (++run_terms == 32) {
+        mid += run;
+        run = 0.0;
+        run_terms = 0;
+        if (++mid_runs == 32) {
+          acc += mid;
+          mid = 0.0;
+          mid_runs = 0;
+        }
+      }
+    } else {
+      acc = Op::combine(acc, term);
+    }
+  };
   for_each_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
     visit_slice<S, true>(
-        static_cast<S*>(const_cast<void*>(data)), lo, hi, [&](const S* x) { add(*x); },
+        static_cast<S*>(const_cast<void*>(data)), lo, hi,
+        [&](const S* x) { add_term(contribution<O>(*x, p)); },
         [&](const uint4*, const uint4& raw) {
           S elems[16 / sizeof(S)];
           memcpy(elems, &raw, sizeof(raw));
+          constexpr int kElems = 16 / sizeof(S);
+          double term = contribution<O>(elems[0], p);
 #pragma unroll
-          for (const S& x : elems) add(x);
+          for (int k = 1; k < kElems; ++k) term = Op::combine(term, contribution<O>(elems[k], p));
+          add_term(term);
         });
   });
+  if constexpr (kCascade) acc += mid + run;
   acc = block_reduce(acc, Op::identity, [](double a, double b) { return Op::combine(a, b); });
   if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
@@ -167,8 +198,19 @@ template <class Out>
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(const double* __restrict__ partials, int64_t n, Order order, double p, Out* total,
                     double max_norm, double* coef) {
+  // This thread's partials (one per kThreads); sums add runs of 32 first.
   double acc = identity_of(order);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc = combine_partials(order, acc, partials[i]);
+  double run = identity_of(order);
+  int in_run = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    run = combine_partials(order, run, partials[i]);
+    if (++in_run == 32) {
+      acc = combine_partials(order, acc, run);
+      run = identity_of(order);
+      in_run = 0;
+    }
+  }
+  acc = combine_partials(order, acc, run);
   acc = block_reduce(acc, identity_of(order), [order](double a, double b) { return combine_partials(order, a, b); });
   if (threadIdx.x == 0) {
     // Rounded once, through the same conversion torch's .to(dtype) uses.
