@@ -186,6 +186,57 @@ TOTALNORM_HD double finalize_norm(Order o, double acc, double p) {
   }
 }
 
+// Sum of a sequence of values in a pairwise tree whose shape depends only on the
+// number of values: value k is added to the partial of values [k - 2^j, k) for
+// each trailing 1 bit j of k (a binary counter), and total() adds the remaining
+// partials from the shortest to the longest. Each value goes through at most
+// log2(count) + 1 additions.
+template <class V>
+class PairwiseSum {
+ public:
+  void add(V v) {
+    int level = 0;
+    for (uint64_t c = count_; c & 1; c >>= 1, ++level) v = partial_[level] + v;
+    partial_[level] = v;
+    ++count_;
+  }
+
+  V total() const {
+    V acc = splat<V>(0.0);
+    for (int level = 0; level < kLevels; ++level) {
+      if ((count_ >> level) & 1) acc = partial_[level] + acc;
+    }
+    return acc;
+  }
+
+ private:
+  static constexpr int kLevels = 64;
+  V partial_[kLevels];  // partial_[j] is meaningful when bit j of count_ is set
+  uint64_t count_ = 0;
+};
+
+// Merges accumulations of order o in a fixed order: sums through a PairwiseSum
+// (so thousands of pieces or blocks do not round thousands of times in a row),
+// max and min (exact in any order) through one value. Host code only.
+class Merged {
+ public:
+  explicit Merged(Order o) : order_(o), extreme_(identity_of(o)) {}
+  void add(double v) {
+    if (is_extreme()) {
+      extreme_ = combine_partials(order_, extreme_, v);
+    } else {
+      sum_.add(v);
+    }
+  }
+  double total() const { return is_extreme() ? extreme_ : sum_.total(); }
+
+ private:
+  bool is_extreme() const { return order_ == Order::Inf || order_ == Order::NegInf; }
+  Order order_;
+  double extreme_;
+  PairwiseSum<double> sum_;
+};
+
 // What a device (or a rank) hands on for one order: how many elements it read
 // and their combined contribution. Partials merge in a fixed order; the element
 // count makes "no elements at all" recognisable after the merge (its norm is 0

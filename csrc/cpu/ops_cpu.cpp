@@ -69,9 +69,10 @@ ElemKind elem_kind(at::ScalarType t) {
 // layouts in any order (transposed, channels_last) are used in place. For
 // reading, layouts with gaps or overlaps are copied into `copies`; for scaling,
 // which must write the tensor itself, they, misaligned tensors (the loops use
-// typed pointers) and 0-dim tensors (which torch multiplies in the promotion of
-// both dtypes) are left to torch's mul_ in `by_torch`. Reading is by memcpy, so
-// misaligned data is read in place.
+// typed pointers), 0-dim tensors (which torch multiplies in the promotion of
+// both dtypes) and complex ones (torch's complex product, whose signed zeros and
+// NaNs depend on its own code path) are left to torch's mul_ in `by_torch`.
+// Reading is by memcpy, so misaligned data is read in place.
 struct Concatenation {
   std::vector<void*> data;
   std::vector<at::ScalarType> dtypes;
@@ -83,7 +84,8 @@ struct Concatenation {
   Concatenation(at::TensorList tensors, bool copy_not_dense) {
     for (const auto& t : tensors) {
       if (t.numel() == 0) continue;
-      if ((t.dim() == 0 || !t.is_non_overlapping_and_dense() || !is_aligned(t)) && !copy_not_dense) {
+      if ((t.dim() == 0 || t.is_complex() || !t.is_non_overlapping_and_dense() || !is_aligned(t)) &&
+          !copy_not_dense) {
         by_torch.push_back(t);
         continue;
       }
@@ -123,18 +125,18 @@ at::Tensor partials_cpu(at::TensorList tensors, double norm_type) {
   const Kernels& k = loops();
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
-      double acc = identity_of(order);
+      Merged acc(order);  // a block may hold thousands of small tensors
       cat.for_each_piece(blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
-        acc = combine_partials(order, acc, k.reduce(order, norm_type, elem_kind(cat.dtypes[s]), cat.data[s], lo, hi));
+        acc.add(k.reduce(order, norm_type, elem_kind(cat.dtypes[s]), cat.data[s], lo, hi));
       });
-      block_acc[static_cast<size_t>(b)] = acc;
+      block_acc[static_cast<size_t>(b)] = acc.total();
     }
   });
-  double acc = identity_of(order);
-  for (double a : block_acc) acc = combine_partials(order, acc, a);
+  Merged acc(order);
+  for (double a : block_acc) acc.add(a);
   at::Tensor out = at::empty({2}, at::TensorOptions().dtype(at::kDouble));
   out.mutable_data_ptr<double>()[0] = static_cast<double>(cat.total);
-  out.mutable_data_ptr<double>()[1] = acc;
+  out.mutable_data_ptr<double>()[1] = acc.total();
   return out;
 }
 
@@ -142,9 +144,13 @@ at::Tensor partials_cpu(at::TensorList tensors, double norm_type) {
 Partial merged(const at::Tensor& partials, Order order) {
   const at::Tensor rows = partials.contiguous();
   const double* v = rows.const_data_ptr<double>();
-  Partial total{0.0, identity_of(order)};
-  for (int64_t i = 0; i < rows.numel(); i += 2) total = merge_partials(order, total, Partial{v[i], v[i + 1]});
-  return total;
+  double count = 0.0;
+  Merged acc(order);
+  for (int64_t i = 0; i < rows.numel(); i += 2) {
+    count += v[i];
+    acc.add(v[i + 1]);
+  }
+  return Partial{count, acc.total()};
 }
 
 at::Tensor combine_cpu(const at::Tensor& partials, double norm_type) {
@@ -191,29 +197,14 @@ std::tuple<at::Tensor, at::Tensor> finalize_clip_cpu(const at::Tensor& partials,
   return finalize_on_cpu("finalize_clip", partials, norm_type, dtype, max_norm, error_if_nonfinite);
 }
 
-// g *= coef with the rounding of torch's CPU `g.mul_(coef)` for a dense g of at
-// least one dimension: the 0-dim coefficient is read in g's opmath type (float
-// for half and bfloat16), not rounded to g's dtype first, and a complex g is
-// multiplied by the complex number (coef, 0), whose zero part makes inf * 0 a NaN
-// in both parts.
+// g *= coef with the rounding of torch's CPU `g.mul_(coef)` for a dense real g
+// of at least one dimension: the 0-dim coefficient is read in g's opmath type
+// (float for half and bfloat16), not rounded to g's dtype first.
 template <class T>
 void scale_span(T* data, int64_t lo, int64_t hi, double coef) {
   using opmath = at::opmath_type<T>;
   const opmath c = static_cast<opmath>(coef);
   for (int64_t i = lo; i < hi; ++i) data[i] = static_cast<T>(static_cast<opmath>(data[i]) * c);
-}
-
-template <class T>
-void scale_complex_span(T* data, int64_t lo, int64_t hi, double coef) {
-  using opmath = at::opmath_type<T>;
-  const opmath c = static_cast<opmath>(coef);
-  const opmath zero = 0;
-  for (int64_t i = lo; i < hi; ++i) {
-    const opmath re = static_cast<opmath>(data[2 * i]);
-    const opmath im = static_cast<opmath>(data[2 * i + 1]);
-    data[2 * i] = static_cast<T>(re * c - im * zero);
-    data[2 * i + 1] = static_cast<T>(re * zero + im * c);
-  }
 }
 
 void scale_cpu(at::TensorList tensors, const at::Tensor& coef) {
@@ -232,13 +223,8 @@ void scale_cpu(at::TensorList tensors, const at::Tensor& coef) {
     for (int64_t b = first; b < last; ++b) {
       cat.for_each_piece(blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
         const at::ScalarType dtype = cat.dtypes[s];
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c10::toRealValueType(dtype), "scale", [&] {
-          auto* data = static_cast<scalar_t*>(cat.data[s]);
-          if (at::isComplexType(dtype)) {
-            scale_complex_span(data, lo, hi, c);
-          } else {
-            scale_span(data, lo, hi, c);
-          }
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "scale", [&] {
+          scale_span(static_cast<scalar_t*>(cat.data[s]), lo, hi, c);
         });
       });
     }

@@ -150,23 +150,55 @@ template <Order O, class S, int Cap>
 __global__ void __launch_bounds__(kThreads)
     reduce_kernel(const __grid_constant__ TensorTable<Cap> table, double p, double* __restrict__ partials) {
   using Op = NormOp<O>;
+  // Sums cascade in three levels, so that a thread's hundreds of terms (2,048
+  // blocks over 1e9 elements) do not round hundreds of times in a row:
+  // each vector's (or lone element's) contributions form one term, `run` adds
+  // 32 terms, `mid` adds 32 runs, `acc` adds the rest. The counts follow this
+  // thread's element positions only. Max, min and counts (exact) use `acc` alone.
+  constexpr bool kCascade = O == Order::One || O == Order::Two || O == Order::General;
   double acc = Op::identity;
-  auto add = [&](S x) { acc = Op::combine(acc, contribution<O>(x, p)); };
+  double run = 0.0;
+  double mid = 0.0;
+  int run_terms = 0;
+  int mid_runs = 0;
+  auto add_term = [&](double term) {
+    if constexpr (kCascade) {
+      run += term;
+      if (++run_terms == 32) {
+        mid += run;
+        run = 0.0;
+        run_terms = 0;
+        if (++mid_runs == 32) {
+          acc += mid;
+          mid = 0.0;
+          mid_runs = 0;
+        }
+      }
+    } else {
+      acc = Op::combine(acc, term);
+    }
+  };
   for_each_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
     visit_slice<S, true>(
-        static_cast<S*>(const_cast<void*>(data)), lo, hi, [&](const S* x) { add(*x); },
+        static_cast<S*>(const_cast<void*>(data)), lo, hi,
+        [&](const S* x) { add_term(contribution<O>(*x, p)); },
         [&](const uint4*, const uint4& raw) {
           S elems[16 / sizeof(S)];
           memcpy(elems, &raw, sizeof(raw));
+          constexpr int kElems = 16 / sizeof(S);
+          double term = contribution<O>(elems[0], p);
 #pragma unroll
-          for (const S& x : elems) add(x);
+          for (int k = 1; k < kElems; ++k) term = Op::combine(term, contribution<O>(elems[k], p));
+          add_term(term);
         });
   });
+  if constexpr (kCascade) acc += mid + run;
   acc = block_reduce(acc, Op::identity, [](double a, double b) { return Op::combine(a, b); });
   if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
-// Merges partials in a fixed order in one block. `values` holds bare block
+// Merges partials in a fixed order in one block (at most a few per thread:
+// 2,048 blocks a launch, one row a device or rank). `values` holds bare block
 // accumulations (stride 1, covering `count` elements in all) or (count,
 // accumulation) rows (stride 2). Writes the merged pair to `pair` and/or the
 // norm rounded once to Out to `total`, and the clip coefficient to `coef`.

@@ -373,27 +373,6 @@ def equal_bits_nan_any(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((bits(ar) == bits(br)) | both_nan).all())
 
 
-# Known contract breaks the fuzz does not assert yet. (a) has a strict xfail test in
-# test_fuzz.py; when it starts to pass, delete its predicate here.
-
-
-def known_float64_drift(case: Case, tensors) -> Optional[str]:
-    """(a) float64 results drift past 1e-13 over long sums: runs of equal values, and
-    for p outside {0, 1, 2, inf, -inf} (or complex p = 1) any long tensor, where one
-    sequential float64 sum per block drifts and the final power amplifies it by 1/|p|."""
-    out = expected_dtype(tensors, case.dtype) if tensors else None
-    p = float(case.p)
-    if out != torch.float64 or p in (0.0, INF, -INF):
-        return None
-    for s in case.specs:
-        n = math.prod(s.shape)
-        equal_values = s.values in ("constant", "ints") and n >= 1000
-        sequential = p not in (1.0, 2.0) or (s.dtype.is_complex and p == 1.0)
-        if (equal_values or n >= 20000) and (sequential or (s.dtype.is_complex and n >= 65536)):
-            return "known (a): float64 drift over long sums"
-    return None
-
-
 # --- Running a case --------------------------------------------------------------------
 
 
@@ -431,8 +410,6 @@ def run_norm_case(case: Case) -> Outcome:
 
 def _value_outcome(case, tensors, got, want, want_dtype) -> Outcome:
     failure = _norm_error(case, tensors, got, want, want_dtype)
-    if failure and known_float64_drift(case, tensors):
-        return Outcome(skipped=known_float64_drift(case, tensors))
     return Outcome(failure)
 
 

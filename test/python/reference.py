@@ -9,7 +9,12 @@ error 1e-6 for other p (float32 results), 1e-13 for float64 results.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -193,3 +198,51 @@ def assert_unchanged(tensors: Sequence[torch.Tensor], before) -> None:
     for i, (t, (old_bits, old_version)) in enumerate(zip(tensors, before)):
         assert torch.equal(bits(t), old_bits), f"tensors[{i}] was modified"
         assert t._version == old_version, f"tensors[{i}] had its version bumped"
+
+
+_ISA_SCRIPT = r"""
+import json, sys, torch, totalnorm
+inputs = torch.load(sys.argv[1])
+orders = json.loads(sys.argv[2])
+out = {}
+for name, tensors in inputs.items():
+    for p in orders:
+        out[f"{name}/{p}"] = [totalnorm.total_norm(tensors, p, dtype=torch.float64).item().hex(),
+                              totalnorm.total_norm(tensors, p).double().item().hex()]
+print(json.dumps(out))
+"""
+
+
+def assert_same_bits_for_every_isa(inputs: dict[str, list[torch.Tensor]], orders: Sequence[float],
+                                   tmp_path: Path) -> dict[str, list[str]]:
+    """Float64 and default-dtype results of every (input, order), bitwise equal for each CPU loop set.
+
+    TOTALNORM_CPU_ISA=portable (read once at load) forces the portable loops; the
+    in-process library and a subprocess without the variable use the best loops
+    the processor runs (AVX2 on x86-64 machines that have it). Returns this
+    process's results as hex strings, keyed "name/p".
+    """
+    import totalnorm
+
+    path = tmp_path / "inputs.pt"
+    torch.save(inputs, path)
+    here = {}
+    for name, tensors in inputs.items():
+        for p in orders:
+            here[f"{name}/{p}"] = [totalnorm.total_norm(tensors, p, dtype=torch.float64).item().hex(),
+                                   totalnorm.total_norm(tensors, p).double().item().hex()]
+    package_root = str(Path(totalnorm.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=package_root)
+    for isa in ("portable", None):
+        run_env = dict(env)
+        if isa is None:
+            run_env.pop("TOTALNORM_CPU_ISA", None)
+        else:
+            run_env["TOTALNORM_CPU_ISA"] = isa
+        proc = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path), json.dumps(list(orders))],
+                              cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        there = json.loads(proc.stdout.strip().splitlines()[-1])
+        mismatches = {k: (here[k], there[k]) for k in here if here[k] != there[k]}
+        assert not mismatches, f"TOTALNORM_CPU_ISA={isa}: {mismatches}"
+    return here

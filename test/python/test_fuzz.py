@@ -1,4 +1,4 @@
-"""Seeded property tests of the whole contract, and the known contract breaks.
+"""Seeded property tests of the whole contract, and the contract breaks found and fixed.
 
 Every case (fuzz_cases.py) is a pure function of its seed: a list of tensors with
 mixed dtypes, shapes from 0-dim to empty to 140,000 elements, every layout docs/semantics.md
@@ -18,9 +18,10 @@ The normal run checks 3,200 cases (2,400 total_norm, 800 clip). The long mode:
 Each failure prints the case and a one-line reproducer
 (``python test/python/fuzz_cases.py [--clip] SEED``).
 
-Known contract breaks are asserted as they should be, under strict xfail: they
-flip to failures (XPASS) when fixed, and then the matching ``known_*`` predicate
-in fuzz_cases.py, which keeps those cases from failing the fuzz, must go too.
+A contract break found here is asserted as it should be, under strict xfail, and
+a ``known_*`` predicate in fuzz_cases.py keeps its cases from failing the fuzz
+until the fix (which makes the xfail fail, XPASS) removes both. None is open now;
+the tests below keep the ones found and fixed.
 """
 from __future__ import annotations
 
@@ -122,7 +123,6 @@ FLOAT64_DRIFT = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="(a) float64 results drift past 1e-13 over long sums (equal values, general p)")
 @pytest.mark.parametrize("name", list(FLOAT64_DRIFT))
 def test_float64_results_keep_1e_13_over_long_sums(name):
     make, p, dtype = FLOAT64_DRIFT[name]

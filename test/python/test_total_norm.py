@@ -1,13 +1,8 @@
 """totalnorm.total_norm against the float64 reference of docs/semantics.md, on every device."""
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +12,7 @@ from reference import (
     ORDERS,
     assert_bitwise_equal,
     assert_norm,
+    assert_same_bits_for_every_isa,
     assert_unchanged,
     check_value,
     dtype_id,
@@ -470,19 +466,6 @@ def test_bitwise_identical_run_to_run(device, p):
         assert_bitwise_equal(totalnorm.total_norm(tensors, p, dtype=torch.float64), first)
 
 
-_ISA_SCRIPT = r"""
-import json, sys, torch, totalnorm
-inputs = torch.load(sys.argv[1])
-orders = json.loads(sys.argv[2])
-out = {}
-for name, tensors in inputs.items():
-    for p in orders:
-        out[f"{name}/{p}"] = [totalnorm.total_norm(tensors, p, dtype=torch.float64).item().hex(),
-                              totalnorm.total_norm(tensors, p).double().item().hex()]
-print(json.dumps(out))
-"""
-
-
 def _isa_inputs():
     half_specials = torch.tensor([6e-8, 1e-7, 6.1e-5, 65504.0, 0.0, -0.0, 1.0, -2.5], dtype=torch.float16)
     bf16_specials = torch.tensor([1e-40, 9e-39, 3e38, -1e-3, 0.0], dtype=torch.bfloat16)
@@ -506,28 +489,8 @@ def test_portable_and_avx2_cpu_loops_agree_bitwise(tmp_path):
     ones. docs/semantics.md (Determinism): identical inputs give bitwise identical results.
     """
     inputs = _isa_inputs()
-    path = tmp_path / "inputs.pt"
-    torch.save(inputs, path)
     orders = [0.5, 1.0, 1.5, 2.0, 3.0, INF, -INF, 0.0, -1.0]
-    here = {}
-    for name, tensors in inputs.items():
-        for p in orders:
-            here[f"{name}/{p}"] = [totalnorm.total_norm(tensors, p, dtype=torch.float64).item().hex(),
-                                   totalnorm.total_norm(tensors, p).double().item().hex()]
-    package_root = str(Path(totalnorm.__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=package_root)
-    for isa in ("portable", None):
-        run_env = dict(env)
-        if isa is None:
-            run_env.pop("TOTALNORM_CPU_ISA", None)
-        else:
-            run_env["TOTALNORM_CPU_ISA"] = isa
-        proc = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path), json.dumps(orders)],
-                              cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        there = json.loads(proc.stdout.strip().splitlines()[-1])
-        mismatches = {k: (here[k], there[k]) for k in here if here[k] != there[k]}
-        assert not mismatches, f"TOTALNORM_CPU_ISA={isa}: {mismatches}"
+    here = assert_same_bits_for_every_isa(inputs, orders, tmp_path)
     # The values themselves are right (so the agreement is not of two wrong answers).
     for name, tensors in inputs.items():
         for p in orders:
