@@ -18,6 +18,7 @@ Which elements a rank owns:
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence
 
 import torch
@@ -60,7 +61,6 @@ def _local_parts(fn: str, arg: str, items: Sequence[torch.Tensor]):
     meshes: list[DeviceMesh] = []
     compiling = torch.compiler.is_compiling()
     decided: dict = {}
-    last = (None, None, False)  # mesh, placements, counts: consecutive tensors usually share them
     for i, t in enumerate(items):
         if isinstance(t, DTensor):
             if compiling:
@@ -71,14 +71,12 @@ def _local_parts(fn: str, arg: str, items: Sequence[torch.Tensor]):
                 # and one decision per (mesh, placements) serves thousands of tensors.
                 spec, part = t._spec, t._local_tensor
                 mesh, placements = spec.mesh, spec.placements
-                if mesh is last[0] and placements is last[1]:
-                    counts = last[2]
-                else:
-                    key = (id(mesh), placements)
-                    counts = decided.get(key)
-                    if counts is None:
-                        counts = decided[key] = _counts_here(fn, arg, i, mesh, placements)
-                    last = (mesh, placements, counts)
+                # Whether a shard counts depends on the placements' kinds only (and
+                # the mesh coordinate); a tuple of types hashes at C speed.
+                key = (id(mesh), tuple(map(type, placements)))
+                counts = decided.get(key)
+                if counts is None:
+                    counts = decided[key] = _counts_here(fn, arg, i, mesh, placements)
             if not meshes or (mesh is not meshes[-1] and all(m is not mesh for m in meshes)):
                 meshes.append(mesh)
             local.append(part)
@@ -187,6 +185,7 @@ def _partial_of(tensors: list[torch.Tensor], norm_type: float) -> torch.Tensor:
 
 
 _REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+_dtype_of = operator.attrgetter("dtype")
 
 
 def result_dtype(local: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> torch.dtype:
@@ -194,7 +193,9 @@ def result_dtype(local: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) ->
     if dtype is not None:
         return dtype
     out = None
-    for kind in {t.dtype for t in local}:
+    # Eager: a C-level map over thousands of tensors; traced code: a plain loop.
+    kinds = {t.dtype for t in local} if torch.compiler.is_compiling() else set(map(_dtype_of, local))
+    for kind in kinds:
         real = _REAL_OF.get(kind, kind)
         out = real if out is None else torch.promote_types(out, real)
     return torch.get_default_dtype() if out is None else out
