@@ -15,7 +15,7 @@
 
 #include "../checks.h"
 #include "../plan.h"
-#include "kernels.h"
+#include "loops.h"
 
 namespace totalnorm::cpu {
 namespace {
@@ -34,14 +34,14 @@ bool has_avx2() {
 #endif
 
 // TOTALNORM_CPU_ISA=portable forces the portable loops (tests compare the two).
-const Kernels& loops() {
-  static const Kernels chosen = [] {
+const Loops& chosen_loops() {
+  static const Loops chosen = [] {
 #if defined(TOTALNORM_HAVE_AVX2_KERNELS)
     const char* forced = std::getenv("TOTALNORM_CPU_ISA");
     const bool portable_only = forced != nullptr && std::strcmp(forced, "portable") == 0;
-    if (!portable_only && has_avx2()) return avx2::kernels();
+    if (!portable_only && has_avx2()) return avx2::loops();
 #endif
-    return portable::kernels();
+    return portable::loops();
   }();
   return chosen;
 }
@@ -122,7 +122,7 @@ at::Tensor partials_cpu(at::TensorList tensors, double norm_type) {
   const Concatenation cat(tensors, /*copy_not_dense=*/true);
   const int64_t blocks = cat.blocks();
   std::vector<double> block_acc(static_cast<size_t>(blocks));
-  const Kernels& k = loops();
+  const Loops& k = chosen_loops();
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       Merged acc(order);  // a block may hold thousands of small tensors

@@ -1,4 +1,5 @@
-// The CUDA backend: a multi-tensor reduction in one launch per element type.
+// The CUDA backend: a multi-tensor reduction in one launch per element type
+// and table of up to 2040 tensors.
 //
 // The tensors of one element type are seen as one concatenation (plan.h) and cut
 // into near-equal ranges, one per block; the table of tensors travels by value
@@ -250,7 +251,8 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-// The tensors of one storage type, as dense spans (copies kept alive for non-dense ones).
+// The tensors of one storage type, as dense spans. The spans only point at the
+// memory: whoever fills them keeps the tensors (and any copies) alive.
 struct Spans {
   std::vector<const void*> data;
   std::vector<int64_t> numels;
@@ -278,6 +280,8 @@ Storage storage_of(at::ScalarType t, Order order) {
   }
 }
 
+// The spans of every storage type, with the copies of the tensors that could
+// not be read in place (the spans point into them).
 struct Grouped {
   std::array<Spans, static_cast<size_t>(Storage::Count)> spans;
   std::vector<at::Tensor> copies;
@@ -321,8 +325,9 @@ void with_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&
   launch(table);
 }
 
+// Hands `launch` the table of one launch, in the smallest table type that holds it.
 template <class Launcher>
-void for_each_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&& launch) {
+void with_launch_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&& launch) {
   if (l.count <= kSmallTable) {
     with_table<kSmallTable>(spans, plan, l, launch);
   } else {
@@ -333,7 +338,7 @@ void for_each_table(const Spans& spans, const Plan& plan, const Launch& l, Launc
 template <Order O, class S>
 void launch_reduce(const Spans& spans, const Plan& plan, double p, double* workspace, cudaStream_t stream) {
   for (const Launch& l : plan.launches) {
-    for_each_table(spans, plan, l, [&](const auto& table) {
+    with_launch_table(spans, plan, l, [&](const auto& table) {
       constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
       reduce_kernel<O, S, cap><<<l.blocks, kThreads, 0, stream>>>(table, p, workspace + l.partial_offset);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -489,7 +494,7 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
       const Plan plan = plan_launches(spans[k].numels, kLimits);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, types[k], "totalnorm_scale", [&] {
         for (const Launch& l : plan.launches) {
-          for_each_table(spans[k], plan, l, [&](const auto& table) {
+          with_launch_table(spans[k], plan, l, [&](const auto& table) {
             constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
             scale_kernel<scalar_t, coef_t, cap>
                 <<<l.blocks, kThreads, 0, stream>>>(table, coef.const_data_ptr<coef_t>());

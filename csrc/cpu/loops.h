@@ -1,6 +1,6 @@
 #pragma once
-// The CPU inner loops, compiled once per instruction set (reduce_kernel.cpp);
-// total_norm_cpu.cpp picks the best one the processor supports at load time.
+// The CPU inner loops, compiled once per instruction set (loops.cpp);
+// ops_cpu.cpp picks the best one the processor supports at load time.
 
 #include <cstdint>
 
@@ -11,18 +11,17 @@ namespace totalnorm::cpu {
 // Element storage types the loops read.
 enum class ElemKind : uint8_t { Half, BFloat16, Float, Double, ComplexFloat, ComplexDouble };
 
-struct Kernels {
-  const char* isa;
+struct Loops {
   // Combined contribution of elements [begin, end) of `data`, in a fixed order.
   double (*reduce)(Order order, double p, ElemKind kind, const void* data, int64_t begin,
                    int64_t end);
 };
 
 namespace portable {
-Kernels kernels();
+Loops loops();
 }
 namespace avx2 {
-Kernels kernels();
+Loops loops();
 }
 
 }  // namespace totalnorm::cpu

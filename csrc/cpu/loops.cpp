@@ -15,7 +15,7 @@
 #include <immintrin.h>
 #endif
 
-#include "kernels.h"
+#include "loops.h"
 
 namespace totalnorm::cpu::TOTALNORM_ISA {
 namespace {
@@ -38,7 +38,7 @@ constexpr int64_t kPrefetchBytes = 8192;
 // the run sums enter a pairwise tree (PairwiseSum). A sum of n contributions
 // then rounds about kRunSteps + log2(n / run length) times along any path,
 // instead of once per vector step (2.7e-13 relative on 131,075 equal values,
-// past the SPEC's 1e-13). The scalar loops (general p, complex) use runs of
+// past the 1e-13 docs/semantics.md promises for float64). The scalar loops (general p, complex) use runs of
 // kScalarRun elements.
 constexpr int64_t kRunSteps = 16;
 constexpr int64_t kScalarRun = 32;
@@ -411,12 +411,6 @@ double reduce(Order order, double p, ElemKind kind, const void* data, int64_t be
 
 }  // namespace
 
-Kernels kernels() {
-#define TOTALNORM_STR2(x) #x
-#define TOTALNORM_STR(x) TOTALNORM_STR2(x)
-  return Kernels{TOTALNORM_STR(TOTALNORM_ISA), &reduce};
-#undef TOTALNORM_STR
-#undef TOTALNORM_STR2
-}
+Loops loops() { return Loops{&reduce}; }
 
 }  // namespace totalnorm::cpu::TOTALNORM_ISA
