@@ -8,12 +8,9 @@
 
 namespace totalnorm::cpu {
 
-// Element storage types the loops read.
-enum class ElemKind : uint8_t { Half, BFloat16, Float, Double, ComplexFloat, ComplexDouble };
-
 struct Loops {
   // Combined contribution of elements [begin, end) of `data`, in a fixed order.
-  double (*reduce)(Order order, double p, ElemKind kind, const void* data, int64_t begin,
+  double (*reduce)(Order order, double p, Elem kind, const void* data, int64_t begin,
                    int64_t end);
 };
 

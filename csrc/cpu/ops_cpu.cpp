@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../elements.h"
 #include "../plan.h"
 #include "loops.h"
 
@@ -44,25 +45,6 @@ const Loops& chosen_loops() {
     return portable::loops();
   }();
   return chosen;
-}
-
-ElemKind elem_kind(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf:
-      return ElemKind::Half;
-    case at::kBFloat16:
-      return ElemKind::BFloat16;
-    case at::kFloat:
-      return ElemKind::Float;
-    case at::kDouble:
-      return ElemKind::Double;
-    case at::kComplexFloat:
-      return ElemKind::ComplexFloat;
-    case at::kComplexDouble:
-      return ElemKind::ComplexDouble;
-    default:
-      TORCH_INTERNAL_ASSERT(false, "unchecked dtype ", t);
-  }
 }
 
 // The tensors' elements as one concatenation of dense storage spans. Dense
@@ -127,7 +109,7 @@ at::Tensor partials_cpu(at::TensorList tensors, double norm_type) {
     for (int64_t b = first; b < last; ++b) {
       Merged acc(order);  // a block may hold thousands of small tensors
       cat.for_each_piece(blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
-        acc.add(k.reduce(order, norm_type, elem_kind(cat.dtypes[s]), cat.data[s], lo, hi));
+        acc.add(k.reduce(order, norm_type, elem_of(cat.dtypes[s]).value(), cat.data[s], lo, hi));
       });
       block_acc[static_cast<size_t>(b)] = acc.total();
     }
