@@ -85,15 +85,7 @@ struct Concatenation {
   // Calls visit(span, lo, hi) for the pieces of block b, in order.
   template <class Visit>
   void for_each_piece(int64_t blocks, int64_t b, Visit&& visit) const {
-    int64_t pos = split_point(total, blocks, b);
-    const int64_t stop = split_point(total, blocks, b + 1);
-    if (pos >= stop) return;
-    for (int64_t s = find_segment(ends.data(), static_cast<int64_t>(ends.size()), pos); pos < stop; ++s) {
-      const int64_t start = s == 0 ? 0 : ends[s - 1];
-      const int64_t until = std::min(ends[s], stop);
-      visit(s, pos - start, until - start);
-      pos = until;
-    }
+    totalnorm::for_each_piece(ends.data(), static_cast<int64_t>(ends.size()), total, blocks, b, visit);
   }
 };
 

@@ -26,6 +26,7 @@
 #include "../checks.h"
 #include "../elements.h"
 #include "../plan.h"
+#include "launch_plan.h"
 
 namespace totalnorm::cuda {
 namespace {
@@ -108,18 +109,11 @@ __device__ double block_reduce(double v, double identity, Combine combine) {
 }
 
 // Calls visit(data, lo, hi) for each piece of this block's range of the
-// concatenation: the tail of one tensor, whole tensors, the head of another.
+// concatenation (plan.h).
 template <int Cap, class Visit>
-__device__ void for_each_piece(const TensorTable<Cap>& table, Visit&& visit) {
-  int64_t pos = split_point(table.elements, gridDim.x, blockIdx.x);
-  const int64_t stop = split_point(table.elements, gridDim.x, blockIdx.x + 1);
-  if (pos >= stop) return;
-  for (int64_t t = find_segment(table.ends, table.count, pos); pos < stop; ++t) {
-    const int64_t begin = t == 0 ? 0 : table.ends[t - 1];
-    const int64_t until = min(table.ends[t], stop);
-    visit(table.data[t], pos - begin, until - begin);
-    pos = until;
-  }
+__device__ void for_each_table_piece(const TensorTable<Cap>& table, Visit&& visit) {
+  totalnorm::for_each_piece(table.ends, table.count, table.elements, gridDim.x, blockIdx.x,
+                            [&](int64_t t, int64_t lo, int64_t hi) { visit(table.data[t], lo, hi); });
 }
 
 // This thread's share of elements [lo, hi) of `data`: one element at a time up
@@ -180,7 +174,7 @@ __global__ void __launch_bounds__(kThreads)
       acc = Op::combine(acc, term);
     }
   };
-  for_each_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
+  for_each_table_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
     visit_slice<S, true>(
         static_cast<S*>(const_cast<void*>(data)), lo, hi,
         [&](const S* x) { add_term(contribution<O>(*x, p)); },
@@ -238,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
   using opmath = at::opmath_type<T>;
   const opmath c = static_cast<opmath>(static_cast<T>(*coef));
   auto scale = [c](T& x) { x = static_cast<T>(static_cast<opmath>(x) * c); };
-  for_each_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
+  for_each_table_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
     visit_slice<T, false>(
         static_cast<T*>(const_cast<void*>(data)), lo, hi, [&](T* x) { scale(*x); },
         [&](uint4* at, uint4 raw) {
