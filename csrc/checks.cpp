@@ -7,23 +7,11 @@
 
 #include <cmath>
 
+#include "elements.h"
+
 namespace totalnorm {
 
 namespace {
-
-bool is_accepted_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf:
-    case at::kBFloat16:
-    case at::kFloat:
-    case at::kDouble:
-    case at::kComplexFloat:
-    case at::kComplexDouble:
-      return true;
-    default:
-      return false;
-  }
-}
 
 // A device is supported when a backend registered the per-device step for it.
 bool has_backend(const c10::Device& device) {
@@ -48,7 +36,7 @@ void check_arguments(const char* fn, const char* arg, at::TensorList tensors, do
     TORCH_CHECK(t.defined(), fn, ": ", arg, "[", i, "] is an undefined tensor");
     TORCH_CHECK(t.layout() == at::kStrided, fn, ": ", arg, "[", i, "] has layout ", t.layout(),
                 "; only dense (strided) tensors are accepted");
-    TORCH_CHECK_TYPE(is_accepted_dtype(t.scalar_type()), fn, ": ", arg, "[", i, "] has dtype ",
+    TORCH_CHECK_TYPE(elem_of(t.scalar_type()).has_value(), fn, ": ", arg, "[", i, "] has dtype ",
                      t.scalar_type(),
                      "; accepted dtypes are float16, bfloat16, float32, float64, complex64 and "
                      "complex128");

@@ -10,8 +10,10 @@
 // double on the host and device, and GCC vector types in the CPU kernels.
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define TOTALNORM_HD __host__ __device__ __forceinline__
@@ -29,6 +31,10 @@ namespace totalnorm {
 
 // The reductions a norm order maps to; each has its own fast path.
 enum class Order : int8_t { Zero, One, Two, Inf, NegInf, General };
+
+// The element types the kernels read; elements.h maps torch dtypes to them.
+enum class Elem : uint8_t { Half, BFloat16, Float, Double, ComplexFloat, ComplexDouble };
+constexpr size_t kElemCount = static_cast<size_t>(Elem::ComplexDouble) + 1;
 
 inline namespace TOTALNORM_ISA {
 
@@ -159,31 +165,41 @@ TOTALNORM_HD double complex_contribution(double re, double im, double p) {
   }
 }
 
-// Combines two partials of order O (runtime-dispatched form for host code).
-TOTALNORM_HD double combine_partials(Order o, double a, double b) {
+// Calls f(std::integral_constant<Order, O>{}) for the O equal to `o`: the one
+// place where a run-time order becomes a compile-time one.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class F>
+TOTALNORM_HD decltype(auto) dispatch_order(Order o, F&& f) {
   switch (o) {
+    case Order::Zero:
+      return f(std::integral_constant<Order, Order::Zero>{});
+    case Order::One:
+      return f(std::integral_constant<Order, Order::One>{});
+    case Order::Two:
+      return f(std::integral_constant<Order, Order::Two>{});
     case Order::Inf:
-      return nan_max(a, b);
+      return f(std::integral_constant<Order, Order::Inf>{});
     case Order::NegInf:
-      return nan_min(a, b);
-    default:
-      return a + b;
+      return f(std::integral_constant<Order, Order::NegInf>{});
+    case Order::General:
+      break;
   }
+  return f(std::integral_constant<Order, Order::General>{});
+}
+
+// NormOp<o>'s combine, identity and finalize for a run-time order o.
+TOTALNORM_HD double combine_partials(Order o, double a, double b) {
+  return dispatch_order(o, [&](auto k) { return NormOp<decltype(k)::value>::combine(a, b); });
 }
 
 TOTALNORM_HD double identity_of(Order o) {
-  return o == Order::NegInf ? std::numeric_limits<double>::infinity() : 0.0;
+  return dispatch_order(o, [](auto k) { return NormOp<decltype(k)::value>::identity; });
 }
 
 TOTALNORM_HD double finalize_norm(Order o, double acc, double p) {
-  switch (o) {
-    case Order::Two:
-      return NormOp<Order::Two>::finalize(acc, p);
-    case Order::General:
-      return NormOp<Order::General>::finalize(acc, p);
-    default:
-      return acc;
-  }
+  return dispatch_order(o, [&](auto k) { return NormOp<decltype(k)::value>::finalize(acc, p); });
 }
 
 // Sum of a sequence of values in a pairwise tree whose shape depends only on the

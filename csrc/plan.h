@@ -1,5 +1,6 @@
 #pragma once
-// How the elements of a list of tensors are split into blocks of work.
+// How the elements of a list of tensors are split into blocks of work (the
+// CUDA backend's grouping into launches is in cuda/launch_plan.h).
 //
 // Both backends see a group of tensors as one virtual concatenation of their
 // elements and cut it into near-equal contiguous ranges, one per block. A block
@@ -9,7 +10,6 @@
 // device code, and unit-tested on the CPU.
 
 #include <cstdint>
-#include <vector>
 
 #include "norm_math.h"
 
@@ -41,28 +41,25 @@ TOTALNORM_HD int64_t find_segment(const int64_t* ends, int64_t n, int64_t pos) {
 // Number of blocks for `total` elements: about `per_block` each, between 1 and max_blocks.
 int64_t block_count(int64_t total, int64_t per_block, int64_t max_blocks);
 
-// One kernel launch of the CUDA backend: up to `max_tensors` tensors of one dtype.
-struct Launch {
-  int64_t first = 0;           // position of its first tensor in Plan::tensors
-  int64_t count = 0;           // number of tensors it reads
-  int64_t elements = 0;        // their total element count
-  int64_t blocks = 0;          // grid size: one partial per block
-  int64_t partial_offset = 0;  // where its partials start in the workspace
-};
-
-struct PlanLimits {
-  int64_t max_tensors;  // tensors one launch's parameter table holds
-  int64_t per_block;    // elements a block should read
-  int64_t max_blocks;   // grid size that fills the device
-};
-
-struct Plan {
-  std::vector<int64_t> tensors;  // indices of the non-empty tensors, in list order
-  std::vector<Launch> launches;
-  int64_t partials = 0;  // total partial slots over all launches
-};
-
-// Plans the launches for tensors of the given element counts (empty ones skipped).
-Plan plan_launches(const std::vector<int64_t>& numels, const PlanLimits& limits);
+// Calls visit(s, lo, hi) for the pieces of block b of `blocks`: elements [lo, hi)
+// of segment s, in order, for segments of a concatenation of `total` elements
+// that end at ends[0..count), strictly increasing (the tail of one segment,
+// whole segments, the head of another).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Visit>
+TOTALNORM_HD void for_each_piece(const int64_t* ends, int64_t count, int64_t total, int64_t blocks, int64_t b,
+                                 Visit&& visit) {
+  int64_t pos = split_point(total, blocks, b);
+  const int64_t stop = split_point(total, blocks, b + 1);
+  if (pos >= stop) return;
+  for (int64_t s = find_segment(ends, count, pos); pos < stop; ++s) {
+    const int64_t start = s == 0 ? 0 : ends[s - 1];
+    const int64_t until = ends[s] < stop ? ends[s] : stop;
+    visit(s, pos - start, until - start);
+    pos = until;
+  }
+}
 
 }  // namespace totalnorm

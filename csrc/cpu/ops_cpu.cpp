@@ -14,8 +14,9 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../elements.h"
 #include "../plan.h"
-#include "kernels.h"
+#include "loops.h"
 
 namespace totalnorm::cpu {
 namespace {
@@ -34,35 +35,16 @@ bool has_avx2() {
 #endif
 
 // TOTALNORM_CPU_ISA=portable forces the portable loops (tests compare the two).
-const Kernels& loops() {
-  static const Kernels chosen = [] {
+const Loops& chosen_loops() {
+  static const Loops chosen = [] {
 #if defined(TOTALNORM_HAVE_AVX2_KERNELS)
     const char* forced = std::getenv("TOTALNORM_CPU_ISA");
     const bool portable_only = forced != nullptr && std::strcmp(forced, "portable") == 0;
-    if (!portable_only && has_avx2()) return avx2::kernels();
+    if (!portable_only && has_avx2()) return avx2::loops();
 #endif
-    return portable::kernels();
+    return portable::loops();
   }();
   return chosen;
-}
-
-ElemKind elem_kind(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf:
-      return ElemKind::Half;
-    case at::kBFloat16:
-      return ElemKind::BFloat16;
-    case at::kFloat:
-      return ElemKind::Float;
-    case at::kDouble:
-      return ElemKind::Double;
-    case at::kComplexFloat:
-      return ElemKind::ComplexFloat;
-    case at::kComplexDouble:
-      return ElemKind::ComplexDouble;
-    default:
-      TORCH_INTERNAL_ASSERT(false, "unchecked dtype ", t);
-  }
 }
 
 // The tensors' elements as one concatenation of dense storage spans. Dense
@@ -103,15 +85,7 @@ struct Concatenation {
   // Calls visit(span, lo, hi) for the pieces of block b, in order.
   template <class Visit>
   void for_each_piece(int64_t blocks, int64_t b, Visit&& visit) const {
-    int64_t pos = split_point(total, blocks, b);
-    const int64_t stop = split_point(total, blocks, b + 1);
-    if (pos >= stop) return;
-    for (int64_t s = find_segment(ends.data(), static_cast<int64_t>(ends.size()), pos); pos < stop; ++s) {
-      const int64_t start = s == 0 ? 0 : ends[s - 1];
-      const int64_t until = std::min(ends[s], stop);
-      visit(s, pos - start, until - start);
-      pos = until;
-    }
+    totalnorm::for_each_piece(ends.data(), static_cast<int64_t>(ends.size()), total, blocks, b, visit);
   }
 };
 
@@ -122,12 +96,12 @@ at::Tensor partials_cpu(at::TensorList tensors, double norm_type) {
   const Concatenation cat(tensors, /*copy_not_dense=*/true);
   const int64_t blocks = cat.blocks();
   std::vector<double> block_acc(static_cast<size_t>(blocks));
-  const Kernels& k = loops();
+  const Loops& k = chosen_loops();
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       Merged acc(order);  // a block may hold thousands of small tensors
       cat.for_each_piece(blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
-        acc.add(k.reduce(order, norm_type, elem_kind(cat.dtypes[s]), cat.data[s], lo, hi));
+        acc.add(k.reduce(order, norm_type, elem_of(cat.dtypes[s]).value(), cat.data[s], lo, hi));
       });
       block_acc[static_cast<size_t>(b)] = acc.total();
     }

@@ -1,4 +1,5 @@
-// The CUDA backend: a multi-tensor reduction in one launch per element type.
+// The CUDA backend: a multi-tensor reduction in one launch per element type
+// and table of up to 2040 tensors.
 //
 // The tensors of one element type are seen as one concatenation (plan.h) and cut
 // into near-equal ranges, one per block; the table of tensors travels by value
@@ -23,7 +24,9 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../elements.h"
 #include "../plan.h"
+#include "launch_plan.h"
 
 namespace totalnorm::cuda {
 namespace {
@@ -106,18 +109,11 @@ __device__ double block_reduce(double v, double identity, Combine combine) {
 }
 
 // Calls visit(data, lo, hi) for each piece of this block's range of the
-// concatenation: the tail of one tensor, whole tensors, the head of another.
+// concatenation (plan.h).
 template <int Cap, class Visit>
-__device__ void for_each_piece(const TensorTable<Cap>& table, Visit&& visit) {
-  int64_t pos = split_point(table.elements, gridDim.x, blockIdx.x);
-  const int64_t stop = split_point(table.elements, gridDim.x, blockIdx.x + 1);
-  if (pos >= stop) return;
-  for (int64_t t = find_segment(table.ends, table.count, pos); pos < stop; ++t) {
-    const int64_t begin = t == 0 ? 0 : table.ends[t - 1];
-    const int64_t until = min(table.ends[t], stop);
-    visit(table.data[t], pos - begin, until - begin);
-    pos = until;
-  }
+__device__ void for_each_table_piece(const TensorTable<Cap>& table, Visit&& visit) {
+  totalnorm::for_each_piece(table.ends, table.count, table.elements, gridDim.x, blockIdx.x,
+                            [&](int64_t t, int64_t lo, int64_t hi) { visit(table.data[t], lo, hi); });
 }
 
 // This thread's share of elements [lo, hi) of `data`: one element at a time up
@@ -178,7 +174,7 @@ __global__ void __launch_bounds__(kThreads)
       acc = Op::combine(acc, term);
     }
   };
-  for_each_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
+  for_each_table_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
     visit_slice<S, true>(
         static_cast<S*>(const_cast<void*>(data)), lo, hi,
         [&](const S* x) { add_term(contribution<O>(*x, p)); },
@@ -236,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
   using opmath = at::opmath_type<T>;
   const opmath c = static_cast<opmath>(static_cast<T>(*coef));
   auto scale = [c](T& x) { x = static_cast<T>(static_cast<opmath>(x) * c); };
-  for_each_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
+  for_each_table_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
     visit_slice<T, false>(
         static_cast<T*>(const_cast<void*>(data)), lo, hi, [&](T* x) { scale(*x); },
         [&](uint4* at, uint4 raw) {
@@ -250,36 +246,25 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-// The tensors of one storage type, as dense spans (copies kept alive for non-dense ones).
+// The tensors of one storage type, as dense spans. The spans only point at the
+// memory: whoever fills them keeps the tensors (and any copies) alive.
 struct Spans {
   std::vector<const void*> data;
   std::vector<int64_t> numels;
 };
 
-enum class Storage : int { Half, BFloat16, Float, Double, ComplexFloat, ComplexDouble, Count };
-
 // Where a tensor's elements go: p = 2 reads complex numbers as real pairs.
-Storage storage_of(at::ScalarType t, Order order) {
-  switch (t) {
-    case at::kHalf:
-      return Storage::Half;
-    case at::kBFloat16:
-      return Storage::BFloat16;
-    case at::kFloat:
-      return Storage::Float;
-    case at::kDouble:
-      return Storage::Double;
-    case at::kComplexFloat:
-      return order == Order::Two ? Storage::Float : Storage::ComplexFloat;
-    case at::kComplexDouble:
-      return order == Order::Two ? Storage::Double : Storage::ComplexDouble;
-    default:
-      TORCH_INTERNAL_ASSERT(false, "unchecked dtype ", t);
-  }
+Elem storage_of(at::ScalarType t, Order order) {
+  const Elem e = elem_of(t).value();
+  if (order == Order::Two && e == Elem::ComplexFloat) return Elem::Float;
+  if (order == Order::Two && e == Elem::ComplexDouble) return Elem::Double;
+  return e;
 }
 
+// The spans of every storage type, with the copies of the tensors that could
+// not be read in place (the spans point into them).
 struct Grouped {
-  std::array<Spans, static_cast<size_t>(Storage::Count)> spans;
+  std::array<Spans, kElemCount> spans;
   std::vector<at::Tensor> copies;
 };
 
@@ -290,8 +275,8 @@ Grouped group_by_storage(at::TensorList tensors, Order order) {
     // The kernels load typed values: layouts with gaps and misaligned starts are read from a copy.
     const bool in_place = t.is_non_overlapping_and_dense() && is_aligned(t);
     const at::Tensor& dense = in_place ? t : g.copies.emplace_back(t.clone(at::MemoryFormat::Contiguous));
-    const Storage s = storage_of(t.scalar_type(), order);
-    const bool as_pairs = t.is_complex() && (s == Storage::Float || s == Storage::Double);
+    const Elem s = storage_of(t.scalar_type(), order);
+    const bool as_pairs = t.is_complex() && (s == Elem::Float || s == Elem::Double);
     auto& spans = g.spans[static_cast<size_t>(s)];
     spans.data.push_back(dense.const_data_ptr());
     spans.numels.push_back(dense.numel() * (as_pairs ? 2 : 1));
@@ -321,8 +306,9 @@ void with_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&
   launch(table);
 }
 
+// Hands `launch` the table of one launch, in the smallest table type that holds it.
 template <class Launcher>
-void for_each_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&& launch) {
+void with_launch_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&& launch) {
   if (l.count <= kSmallTable) {
     with_table<kSmallTable>(spans, plan, l, launch);
   } else {
@@ -333,7 +319,7 @@ void for_each_table(const Spans& spans, const Plan& plan, const Launch& l, Launc
 template <Order O, class S>
 void launch_reduce(const Spans& spans, const Plan& plan, double p, double* workspace, cudaStream_t stream) {
   for (const Launch& l : plan.launches) {
-    for_each_table(spans, plan, l, [&](const auto& table) {
+    with_launch_table(spans, plan, l, [&](const auto& table) {
       constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
       reduce_kernel<O, S, cap><<<l.blocks, kThreads, 0, stream>>>(table, p, workspace + l.partial_offset);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -342,45 +328,25 @@ void launch_reduce(const Spans& spans, const Plan& plan, double p, double* works
 }
 
 template <Order O>
-void launch_reduce_storage(Storage s, const Spans& spans, const Plan& plan, double p, double* ws,
+void launch_reduce_storage(Elem s, const Spans& spans, const Plan& plan, double p, double* ws,
                            cudaStream_t stream) {
   switch (s) {
-    case Storage::Half:
+    case Elem::Half:
       return launch_reduce<O, HalfBits>(spans, plan, p, ws, stream);
-    case Storage::BFloat16:
+    case Elem::BFloat16:
       return launch_reduce<O, BFloat16Bits>(spans, plan, p, ws, stream);
-    case Storage::Float:
+    case Elem::Float:
       return launch_reduce<O, float>(spans, plan, p, ws, stream);
-    case Storage::Double:
+    case Elem::Double:
       return launch_reduce<O, double>(spans, plan, p, ws, stream);
-    case Storage::ComplexFloat:
+    case Elem::ComplexFloat:
       if constexpr (O != Order::Two) return launch_reduce<O, float2>(spans, plan, p, ws, stream);
       break;
-    case Storage::ComplexDouble:
+    case Elem::ComplexDouble:
       if constexpr (O != Order::Two) return launch_reduce<O, double2>(spans, plan, p, ws, stream);
-      break;
-    case Storage::Count:
       break;
   }
   TORCH_INTERNAL_ASSERT(false, "unexpected storage for this order");
-}
-
-void launch_reduce_order(Order order, Storage s, const Spans& spans, const Plan& plan, double p, double* ws,
-                         cudaStream_t stream) {
-  switch (order) {
-    case Order::Zero:
-      return launch_reduce_storage<Order::Zero>(s, spans, plan, p, ws, stream);
-    case Order::One:
-      return launch_reduce_storage<Order::One>(s, spans, plan, p, ws, stream);
-    case Order::Two:
-      return launch_reduce_storage<Order::Two>(s, spans, plan, p, ws, stream);
-    case Order::Inf:
-      return launch_reduce_storage<Order::Inf>(s, spans, plan, p, ws, stream);
-    case Order::NegInf:
-      return launch_reduce_storage<Order::NegInf>(s, spans, plan, p, ws, stream);
-    case Order::General:
-      return launch_reduce_storage<Order::General>(s, spans, plan, p, ws, stream);
-  }
 }
 
 void launch_fold(const at::Tensor& values, int stride, double count, Order order, double p, at::Tensor* pair,
@@ -404,7 +370,7 @@ at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
   const c10::cuda::CUDAGuard guard(tensors[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const Grouped grouped = group_by_storage(tensors, order);
-  std::array<Plan, static_cast<size_t>(Storage::Count)> plans;
+  std::array<Plan, kElemCount> plans;
   int64_t slots = 0;
   for (size_t s = 0; s < plans.size(); ++s) {
     plans[s] = plan_launches(grouped.spans[s].numels, kLimits);
@@ -415,7 +381,10 @@ at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
   double* ws = workspace.mutable_data_ptr<double>();
   for (size_t s = 0; s < plans.size(); ++s) {
     if (plans[s].launches.empty()) continue;
-    launch_reduce_order(order, static_cast<Storage>(s), grouped.spans[s], plans[s], norm_type, ws, stream);
+    dispatch_order(order, [&](auto o) {
+      launch_reduce_storage<decltype(o)::value>(static_cast<Elem>(s), grouped.spans[s], plans[s], norm_type, ws,
+                                                stream);
+    });
     ws += plans[s].partials;
   }
   int64_t count = 0;
@@ -471,25 +440,27 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
   // Dense real gradients by element type; torch's own mul_ takes layouts with
   // gaps, misaligned starts, 0-dim gradients (multiplied in the promotion of both dtypes) and
   // complex ones (multiplied by the complex number (coef, 0): inf * 0 is NaN in both parts).
-  std::array<Spans, 4> spans;
-  const std::array<at::ScalarType, 4> types = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
+  std::array<Spans, kElemCount> spans;
+  std::array<at::ScalarType, kElemCount> dtypes{};
   for (const auto& t : tensors) {
     if (t.numel() == 0) continue;
     if (!t.is_non_overlapping_and_dense() || !is_aligned(t) || t.dim() == 0 || t.is_complex()) {
       t.mul_(coef);
       continue;
     }
-    const size_t k = std::find(types.begin(), types.end(), t.scalar_type()) - types.begin();
+    const auto k = static_cast<size_t>(elem_of(t.scalar_type()).value());
+    dtypes[k] = t.scalar_type();
     spans[k].data.push_back(t.data_ptr());
     spans[k].numels.push_back(t.numel());
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "totalnorm_scale_coef", [&] {
     using coef_t = scalar_t;
-    for (size_t k = 0; k < types.size(); ++k) {
+    for (size_t k = 0; k < spans.size(); ++k) {
+      if (spans[k].numels.empty()) continue;
       const Plan plan = plan_launches(spans[k].numels, kLimits);
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, types[k], "totalnorm_scale", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtypes[k], "totalnorm_scale", [&] {
         for (const Launch& l : plan.launches) {
-          for_each_table(spans[k], plan, l, [&](const auto& table) {
+          with_launch_table(spans[k], plan, l, [&](const auto& table) {
             constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
             scale_kernel<scalar_t, coef_t, cap>
                 <<<l.blocks, kThreads, 0, stream>>>(table, coef.const_data_ptr<coef_t>());

@@ -1,8 +1,13 @@
-// The work split (plan.h): what each block of the CPU and CUDA kernels reads.
+// The work split (plan.h): what each block of the CPU and CUDA kernels reads;
+// the CUDA backend's launches (cuda/launch_plan.h).
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
 
+#include "cuda/launch_plan.h"
 #include "plan.h"
 
 namespace totalnorm {
@@ -37,6 +42,34 @@ TEST(Plan, BlockCountFollowsTheTargetWithinLimits) {
   EXPECT_EQ(block_count(100, 100, 8), 1);
   EXPECT_EQ(block_count(101, 100, 8), 2);
   EXPECT_EQ(block_count(int64_t{1} << 40, 100, 8), 8);
+}
+
+// The pieces of all blocks, in block order, tile the concatenation: each
+// segment's elements in order, and no piece empty.
+TEST(Plan, ForEachPieceTilesTheConcatenationInOrder) {
+  const std::vector<int64_t> ends = {3, 4, 10, 11};
+  for (int64_t blocks : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{11}, int64_t{20}}) {
+    std::vector<std::tuple<int64_t, int64_t, int64_t>> pieces;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t before = static_cast<int64_t>(pieces.size());
+      int64_t covered = 0;
+      for_each_piece(ends.data(), 4, 11, blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
+        EXPECT_LT(lo, hi);
+        pieces.emplace_back(s, lo, hi);
+        covered += hi - lo;
+      });
+      EXPECT_EQ(covered, split_point(11, blocks, b + 1) - split_point(11, blocks, b)) << "block " << b;
+      if (covered == 0) EXPECT_EQ(static_cast<int64_t>(pieces.size()), before);
+    }
+    int64_t pos = 0;
+    for (const auto& [s, lo, hi] : pieces) {
+      const int64_t start = s == 0 ? 0 : ends[s - 1];
+      EXPECT_EQ(start + lo, pos) << blocks << " blocks";
+      EXPECT_LE(start + hi, ends[s]);
+      pos = start + hi;
+    }
+    EXPECT_EQ(pos, 11);
+  }
 }
 
 // Every element of every tensor is read by exactly one block of one launch.

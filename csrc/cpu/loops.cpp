@@ -15,7 +15,7 @@
 #include <immintrin.h>
 #endif
 
-#include "kernels.h"
+#include "loops.h"
 
 namespace totalnorm::cpu::TOTALNORM_ISA {
 namespace {
@@ -38,7 +38,7 @@ constexpr int64_t kPrefetchBytes = 8192;
 // the run sums enter a pairwise tree (PairwiseSum). A sum of n contributions
 // then rounds about kRunSteps + log2(n / run length) times along any path,
 // instead of once per vector step (2.7e-13 relative on 131,075 equal values,
-// past the SPEC's 1e-13). The scalar loops (general p, complex) use runs of
+// past the 1e-13 docs/semantics.md promises for float64). The scalar loops (general p, complex) use runs of
 // kScalarRun elements.
 constexpr int64_t kRunSteps = 16;
 constexpr int64_t kScalarRun = 32;
@@ -66,20 +66,20 @@ float bfloat16_to_float(uint16_t b) {
   return f;
 }
 
-template <ElemKind K>
+template <Elem K>
 double load1(const char* p) {
-  if constexpr (K == ElemKind::Float) {
+  if constexpr (K == Elem::Float) {
     float x;
     std::memcpy(&x, p, sizeof(x));
     return x;
-  } else if constexpr (K == ElemKind::Double) {
+  } else if constexpr (K == Elem::Double) {
     double x;
     std::memcpy(&x, p, sizeof(x));
     return x;
   } else {
     uint16_t u;
     std::memcpy(&u, p, sizeof(u));
-    if constexpr (K == ElemKind::Half) {
+    if constexpr (K == Elem::Half) {
 #if defined(__F16C__)
       return _cvtsh_ss(u);
 #else
@@ -93,13 +93,13 @@ double load1(const char* p) {
 
 // Four consecutive elements starting at p, widened to float64 (exactly). The
 // AVX2 build spells out the widening loads GCC does not find by itself.
-template <ElemKind K>
+template <Elem K>
 v4d load4(const char* p) {
-  if constexpr (K == ElemKind::Double) {
+  if constexpr (K == Elem::Double) {
     v4d x;
     std::memcpy(&x, p, sizeof(x));
     return x;
-  } else if constexpr (K == ElemKind::Float) {
+  } else if constexpr (K == Elem::Float) {
 #if defined(__AVX2__)
     return _mm256_cvtps_pd(_mm_loadu_ps(reinterpret_cast<const float*>(p)));
 #else
@@ -107,7 +107,7 @@ v4d load4(const char* p) {
     std::memcpy(&x, p, sizeof(x));
     return __builtin_convertvector(x, v4d);
 #endif
-  } else if constexpr (K == ElemKind::BFloat16) {
+  } else if constexpr (K == Elem::BFloat16) {
 #if defined(__AVX2__)
     const __m128i bits = _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 16);
     return _mm256_cvtps_pd(_mm_castsi128_ps(bits));
@@ -153,35 +153,35 @@ double reduce_scalar(int64_t n, Contribution&& contribution) {
     }
     return sum.total();
   } else {
-    double acc = identity_of(O);
-    for (int64_t i = 0; i < n; ++i) acc = combine_partials(O, acc, contribution(i));
+    double acc = NormOp<O>::identity;
+    for (int64_t i = 0; i < n; ++i) acc = NormOp<O>::combine(acc, contribution(i));
     return acc;
   }
 }
 
-template <ElemKind K>
+template <Elem K>
 constexpr int64_t elem_size() {
-  return (K == ElemKind::Double) ? 8 : (K == ElemKind::Float) ? 4 : 2;
+  return (K == Elem::Double) ? 8 : (K == Elem::Float) ? 4 : 2;
 }
 
-template <ElemKind K>
-constexpr bool kIs16Bit = K == ElemKind::Half || K == ElemKind::BFloat16;
+template <Elem K>
+constexpr bool kIs16Bit = K == Elem::Half || K == Elem::BFloat16;
 
 // Chains of the vector loops: float64 elements keep four (a step reads 128
 // bytes); the narrower ones, whose widening makes them compute-bound, take
 // eight so that each chain's add (or fused multiply-add) has time to finish.
-template <ElemKind K>
-constexpr int64_t kChainsOf = K == ElemKind::Double ? 4 : 8;
-template <ElemKind K>
+template <Elem K>
+constexpr int64_t kChainsOf = K == Elem::Double ? 4 : 8;
+template <Elem K>
 constexpr int64_t kStepOf = kLanes * kChainsOf<K>;
 
 // Sixteen 16-bit elements widened to float64, as four vectors of four
 // consecutive elements: exactly what load4 gives at p, p + 8, p + 16, p + 24
 // bytes. |x| (kAbs) clears the sign bits before the widening.
-template <ElemKind K, bool kAbs>
+template <Elem K, bool kAbs>
 void load16(const char* p, v4d* x) {
 #if defined(__AVX2__) && defined(__F16C__)
-  if constexpr (K == ElemKind::BFloat16) {
+  if constexpr (K == Elem::BFloat16) {
     __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     if constexpr (kAbs) raw = _mm256_and_si256(raw, _mm256_set1_epi16(0x7fff));
     // A bfloat16 is the upper half of its float: interleaving zeros below each
@@ -212,7 +212,7 @@ void load16(const char* p, v4d* x) {
 // The contributions of elements [i, i + kStepOf<K>) added into the chains,
 // chain c taking elements i + 4c .. i + 4c + 3. Four chains at a time, so that
 // the chains and the loaded values fit in the sixteen AVX registers.
-template <Order O, ElemKind K>
+template <Order O, Elem K>
 void step(v4d (&chain)[kChainsOf<K>], const char* base, int64_t i, double p) {
   using Op = NormOp<O>;
   constexpr int64_t size = elem_size<K>();
@@ -237,10 +237,10 @@ void step(v4d (&chain)[kChainsOf<K>], const char* base, int64_t i, double p) {
       // the fused multiply-add rounds once, like acc + x * x does; |x| * 1 is
       // exact too. The multiply-add units take the adds off the pipes the
       // widening conversions use.
-      if constexpr (O == Order::Two && K != ElemKind::Double) {
+      if constexpr (O == Order::Two && K != Elem::Double) {
         acc = _mm256_fmadd_pd(x[c], x[c], acc);
         continue;
-      } else if constexpr (O == Order::One && K != ElemKind::Double) {
+      } else if constexpr (O == Order::One && K != Elem::Double) {
         acc = _mm256_fmadd_pd(x[c], _mm256_set1_pd(1.0), acc);
         continue;
       }
@@ -254,9 +254,9 @@ void step(v4d (&chain)[kChainsOf<K>], const char* base, int64_t i, double p) {
 // sign cleared, the bit patterns of half and bfloat16 values order like the
 // values, and every NaN orders above inf. Integer max/min and counts are exact,
 // so any order gives the same result and nothing needs widening.
-template <Order O, ElemKind K>
+template <Order O, Elem K>
 double reduce_bits16(const char* base, int64_t begin, int64_t end) {
-  constexpr uint16_t kInfBits = K == ElemKind::BFloat16 ? 0x7f80 : 0x7c00;
+  constexpr uint16_t kInfBits = K == Elem::BFloat16 ? 0x7f80 : 0x7c00;
   constexpr int64_t kWidth = 16;          // elements of one vector
   constexpr int64_t kFlushSteps = 16384;  // per-lane zero counts stay below 2^15
   v16u16 hi = {};
@@ -309,7 +309,7 @@ double reduce_bits16(const char* base, int64_t begin, int64_t end) {
   } else if constexpr (O == Order::Inf) {
     return value(max_bits);  // 0 when empty, the identity
   } else {
-    if (end == begin) return identity_of(O);
+    if (end == begin) return NormOp<O>::identity;
     return value(max_bits > kInfBits ? max_bits : min_bits);  // NaN anywhere gives NaN
   }
 }
@@ -317,7 +317,7 @@ double reduce_bits16(const char* base, int64_t begin, int64_t end) {
 // Real elements: vector chains over the body, lanes combined in a fixed order,
 // then the tail. Sums restart the chains every run (kRunSteps steps) and add the
 // run sums pairwise; max and min keep their chains over the whole body.
-template <Order O, ElemKind K>
+template <Order O, Elem K>
 double reduce_real(const void* data, int64_t begin, int64_t end, double p) {
   using Op = NormOp<O>;
   const char* base = static_cast<const char*>(data);
@@ -360,7 +360,7 @@ double reduce_real(const void* data, int64_t begin, int64_t end, double p) {
 }
 
 // Complex elements as (re, im) pairs; p = 2 is routed to reduce_real instead.
-template <Order O, ElemKind Part>
+template <Order O, Elem Part>
 double reduce_complex(const void* data, int64_t begin, int64_t end, double p) {
   const char* base = static_cast<const char*>(data) + 2 * begin * elem_size<Part>();
   constexpr int64_t size = elem_size<Part>();
@@ -370,53 +370,33 @@ double reduce_complex(const void* data, int64_t begin, int64_t end, double p) {
 }
 
 template <Order O>
-double reduce_order(double p, ElemKind kind, const void* data, int64_t begin, int64_t end) {
+double reduce_order(double p, Elem kind, const void* data, int64_t begin, int64_t end) {
   switch (kind) {
-    case ElemKind::Half:
-      return reduce_real<O, ElemKind::Half>(data, begin, end, p);
-    case ElemKind::BFloat16:
-      return reduce_real<O, ElemKind::BFloat16>(data, begin, end, p);
-    case ElemKind::Float:
-      return reduce_real<O, ElemKind::Float>(data, begin, end, p);
-    case ElemKind::Double:
-      return reduce_real<O, ElemKind::Double>(data, begin, end, p);
-    case ElemKind::ComplexFloat:
+    case Elem::Half:
+      return reduce_real<O, Elem::Half>(data, begin, end, p);
+    case Elem::BFloat16:
+      return reduce_real<O, Elem::BFloat16>(data, begin, end, p);
+    case Elem::Float:
+      return reduce_real<O, Elem::Float>(data, begin, end, p);
+    case Elem::Double:
+      return reduce_real<O, Elem::Double>(data, begin, end, p);
+    case Elem::ComplexFloat:
       // |z|^2 = re^2 + im^2: the sum of squares of all parts.
-      if constexpr (O == Order::Two) return reduce_real<O, ElemKind::Float>(data, 2 * begin, 2 * end, p);
-      return reduce_complex<O, ElemKind::Float>(data, begin, end, p);
-    case ElemKind::ComplexDouble:
-      if constexpr (O == Order::Two) return reduce_real<O, ElemKind::Double>(data, 2 * begin, 2 * end, p);
-      return reduce_complex<O, ElemKind::Double>(data, begin, end, p);
+      if constexpr (O == Order::Two) return reduce_real<O, Elem::Float>(data, 2 * begin, 2 * end, p);
+      return reduce_complex<O, Elem::Float>(data, begin, end, p);
+    case Elem::ComplexDouble:
+      if constexpr (O == Order::Two) return reduce_real<O, Elem::Double>(data, 2 * begin, 2 * end, p);
+      return reduce_complex<O, Elem::Double>(data, begin, end, p);
   }
-  return identity_of(O);
+  return NormOp<O>::identity;
 }
 
-double reduce(Order order, double p, ElemKind kind, const void* data, int64_t begin, int64_t end) {
-  switch (order) {
-    case Order::Zero:
-      return reduce_order<Order::Zero>(p, kind, data, begin, end);
-    case Order::One:
-      return reduce_order<Order::One>(p, kind, data, begin, end);
-    case Order::Two:
-      return reduce_order<Order::Two>(p, kind, data, begin, end);
-    case Order::Inf:
-      return reduce_order<Order::Inf>(p, kind, data, begin, end);
-    case Order::NegInf:
-      return reduce_order<Order::NegInf>(p, kind, data, begin, end);
-    case Order::General:
-      return reduce_order<Order::General>(p, kind, data, begin, end);
-  }
-  return identity_of(order);
+double reduce(Order order, double p, Elem kind, const void* data, int64_t begin, int64_t end) {
+  return dispatch_order(order, [&](auto o) { return reduce_order<decltype(o)::value>(p, kind, data, begin, end); });
 }
 
 }  // namespace
 
-Kernels kernels() {
-#define TOTALNORM_STR2(x) #x
-#define TOTALNORM_STR(x) TOTALNORM_STR2(x)
-  return Kernels{TOTALNORM_STR(TOTALNORM_ISA), &reduce};
-#undef TOTALNORM_STR
-#undef TOTALNORM_STR2
-}
+Loops loops() { return Loops{&reduce}; }
 
 }  // namespace totalnorm::cpu::TOTALNORM_ISA
