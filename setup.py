@@ -56,8 +56,9 @@ class CMakeBuild(build_ext):
             "-DTOTALNORM_BUILD_TESTS=OFF",
             "-DTOTALNORM_BUILD_EXAMPLES=OFF",
         ]
-        if "TOTALNORM_WITH_CUDA" in os.environ:
-            configure.append(f"-DTOTALNORM_WITH_CUDA={os.environ['TOTALNORM_WITH_CUDA']}")
+        for option in ("TOTALNORM_WITH_CUDA", "TOTALNORM_CUDA_ARCHS"):
+            if option in os.environ:
+                configure.append(f"-D{option}={os.environ[option]}")
         subprocess.check_call(configure, cwd=build_dir)
         subprocess.check_call(["cmake", "--build", ".", "--target", "totalnorm"], cwd=build_dir)
         # Read at import (totalnorm/_loader.py) to name both versions when torch changed since.
