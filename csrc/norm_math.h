@@ -67,13 +67,9 @@ TOTALNORM_HD V nan_min(V acc, V c) {
 template <Order O>
 struct NormOp;
 
-template <>
-struct NormOp<Order::Zero> {
+// The orders that add their contributions: identity 0, combine +.
+struct SumOp {
   static constexpr double identity = 0.0;
-  template <class V>
-  static TOTALNORM_HD V contribution(V a, double) {
-    return (a != 0) ? splat<V>(1.0) : splat<V>(0.0);
-  }
   template <class V>
   static TOTALNORM_HD V combine(V acc, V c) {
     return acc + c;
@@ -81,71 +77,63 @@ struct NormOp<Order::Zero> {
   static TOTALNORM_HD double finalize(double acc, double) { return acc; }
 };
 
-template <>
-struct NormOp<Order::One> {
-  static constexpr double identity = 0.0;
+// The orders that keep the largest (Max) or smallest |x|, NaN-propagating.
+template <bool Max>
+struct ExtremeOp {
+  static constexpr double identity = Max ? 0.0 : std::numeric_limits<double>::infinity();
   template <class V>
   static TOTALNORM_HD V contribution(V a, double) {
     return a;
   }
   template <class V>
   static TOTALNORM_HD V combine(V acc, V c) {
-    return acc + c;
+    if constexpr (Max) {
+      return nan_max(acc, c);
+    } else {
+      return nan_min(acc, c);
+    }
   }
   static TOTALNORM_HD double finalize(double acc, double) { return acc; }
 };
 
 template <>
-struct NormOp<Order::Two> {
-  static constexpr double identity = 0.0;
+struct NormOp<Order::Zero> : SumOp {
+  template <class V>
+  static TOTALNORM_HD V contribution(V a, double) {
+    return (a != 0) ? splat<V>(1.0) : splat<V>(0.0);
+  }
+};
+
+template <>
+struct NormOp<Order::One> : SumOp {
+  template <class V>
+  static TOTALNORM_HD V contribution(V a, double) {
+    return a;
+  }
+};
+
+template <>
+struct NormOp<Order::Two> : SumOp {
   // |x|^2 of a float, half or bfloat16 value is exact in float64, so the
   // squares never overflow and only the sum rounds.
   template <class V>
   static TOTALNORM_HD V contribution(V a, double) {
     return a * a;
   }
-  template <class V>
-  static TOTALNORM_HD V combine(V acc, V c) {
-    return acc + c;
-  }
   static TOTALNORM_HD double finalize(double acc, double) { return std::sqrt(acc); }
 };
 
 template <>
-struct NormOp<Order::Inf> {
-  static constexpr double identity = 0.0;
-  template <class V>
-  static TOTALNORM_HD V contribution(V a, double) {
-    return a;
-  }
-  template <class V>
-  static TOTALNORM_HD V combine(V acc, V c) {
-    return nan_max(acc, c);
-  }
-  static TOTALNORM_HD double finalize(double acc, double) { return acc; }
-};
+struct NormOp<Order::Inf> : ExtremeOp<true> {};
 
 template <>
-struct NormOp<Order::NegInf> {
-  static constexpr double identity = std::numeric_limits<double>::infinity();
-  template <class V>
-  static TOTALNORM_HD V contribution(V a, double) {
-    return a;
-  }
-  template <class V>
-  static TOTALNORM_HD V combine(V acc, V c) {
-    return nan_min(acc, c);
-  }
-  static TOTALNORM_HD double finalize(double acc, double) { return acc; }
-};
+struct NormOp<Order::NegInf> : ExtremeOp<false> {};
 
 // Any other finite p, negative included: a zero element gives |0|^p = inf for
 // p < 0, and inf^(1/p) = 0, which is the reference's answer.
 template <>
-struct NormOp<Order::General> {
-  static constexpr double identity = 0.0;
+struct NormOp<Order::General> : SumOp {
   static TOTALNORM_HD double contribution(double a, double p) { return std::pow(a, p); }
-  static TOTALNORM_HD double combine(double acc, double c) { return acc + c; }
   static TOTALNORM_HD double finalize(double acc, double p) { return std::pow(acc, 1.0 / p); }
 };
 
