@@ -7,6 +7,7 @@
 
 #include "checks.h"
 #include "dispatch.h"
+#include "driver.h"
 
 namespace totalnorm {
 
@@ -15,19 +16,6 @@ at::Tensor total_norm(at::TensorList tensors, double norm_type, bool error_if_no
   static const auto op = ops::handle<ops::TotalNormFn>("totalnorm::total_norm");
   return op.call(tensors, norm_type, error_if_nonfinite, dtype);
 }
-
-namespace {
-
-std::vector<at::Tensor> defined_grads(const std::vector<at::Tensor>& parameters) {
-  std::vector<at::Tensor> grads;
-  grads.reserve(parameters.size());
-  for (const auto& param : parameters) {
-    if (param.defined() && param.grad().defined()) grads.push_back(param.grad());
-  }
-  return grads;
-}
-
-}  // namespace
 
 at::Tensor get_total_norm(const std::vector<at::Tensor>& parameters, double norm_type,
                           bool error_if_nonfinite) {

@@ -40,8 +40,9 @@ void check_arguments(const char* fn, const char* arg, at::TensorList tensors, do
                      t.scalar_type(),
                      "; accepted dtypes are float16, bfloat16, float32, float64, complex64 and "
                      "complex128");
-    TORCH_CHECK(has_backend(t.device()), fn, ": ", arg, "[", i, "] is on device ", t.device(),
-                ", which this build of totalnorm does not support");
+    // One dispatcher look-up per run of tensors on the same device.
+    TORCH_CHECK((i > 0 && t.device() == tensors[i - 1].device()) || has_backend(t.device()), fn, ": ", arg, "[",
+                i, "] is on device ", t.device(), ", which this build of totalnorm does not support");
     TORCH_CHECK(t.is_meta() == tensors[0].is_meta(), fn, ": ", arg, "[", i, "] is on device ",
                 t.device(), " but ", arg, "[0] is on ", tensors[0].device(),
                 "; meta tensors have no values to combine with real ones");

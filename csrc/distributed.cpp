@@ -16,14 +16,6 @@
 namespace totalnorm::distributed {
 namespace {
 
-std::vector<at::Tensor> defined_grads(const std::vector<at::Tensor>& parameters) {
-  std::vector<at::Tensor> grads;
-  for (const auto& param : parameters) {
-    if (param.defined() && param.grad().defined()) grads.push_back(param.grad());
-  }
-  return grads;
-}
-
 // Where a rank that owns no tensors builds its partial: its group's device.
 c10::Device group_device(const c10d::ProcessGroup& group) {
   if (group.getBackendType() == c10d::ProcessGroup::BackendType::NCCL) {

@@ -10,12 +10,20 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-
 #include "checks.h"
 #include "driver.h"
 #include "norm_math.h"
 
 namespace totalnorm {
+
+std::vector<at::Tensor> defined_grads(const std::vector<at::Tensor>& parameters) {
+  std::vector<at::Tensor> grads;
+  grads.reserve(parameters.size());
+  for (const auto& param : parameters) {
+    if (param.defined() && param.grad().defined()) grads.push_back(param.grad());
+  }
+  return grads;
+}
 
 std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> group_by_device(at::TensorList tensors) {
   std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> groups;
@@ -30,9 +38,17 @@ std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> group_by_device(at:
   return groups;
 }
 
+namespace {
+
+bool on_one_device(at::TensorList tensors) {
+  return std::all_of(tensors.begin(), tensors.end(), [&](const at::Tensor& t) { return t.device() == tensors[0].device(); });
+}
+
+}  // namespace
+
 at::Tensor partials_by_device(at::TensorList tensors, double norm_type) {
+  if (on_one_device(tensors)) return partials(tensors, norm_type);  // the usual case, without grouping copies
   auto groups = group_by_device(tensors);
-  if (groups.size() <= 1) return partials(tensors, norm_type);
   std::vector<at::Tensor> rows;
   rows.reserve(groups.size());
   for (const auto& [device, group] : groups) rows.push_back(partials(group, norm_type).to(tensors[0].device()));
@@ -40,6 +56,7 @@ at::Tensor partials_by_device(at::TensorList tensors, double norm_type) {
 }
 
 void scale_by_device_(at::TensorList tensors, const at::Tensor& coef) {
+  if (on_one_device(tensors)) return scale_(tensors, tensors.empty() ? coef : coef.to(tensors[0].device()));
   for (const auto& [device, group] : group_by_device(tensors)) scale_(group, coef.to(device));
 }
 

@@ -9,6 +9,9 @@
 
 namespace totalnorm {
 
+// The gradients of the parameters that have one, in order.
+std::vector<at::Tensor> defined_grads(const std::vector<at::Tensor>& parameters);
+
 // Tensors split by device, in order of first appearance.
 std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> group_by_device(at::TensorList tensors);
 

@@ -143,7 +143,7 @@ def get_total_norm(
     if _across_ranks(params, group):
         from . import distributed
 
-        return distributed.norm_across("get_total_norm", "grads", grads, p, error_if_nonfinite, None, group)
+        return distributed.norm_across("get_total_norm", "grads", grads, p, error_if_nonfinite, None, group, params)
     if params and not grads:
         # No gradients: zero on the first parameter's device, in its dtype (the op checks norm_type).
         grads = [torch.empty(0, dtype=params[0].dtype, device=params[0].device)]
@@ -178,5 +178,7 @@ def clip_grad_norm_(
     if _across_ranks(params, group):
         from . import distributed
 
-        return distributed.clip_across_("clip_grad_norm_", "grads", grads, float(max_norm), p, error_if_nonfinite, group)
+        return distributed.clip_across_(
+            "clip_grad_norm_", "grads", grads, float(max_norm), p, error_if_nonfinite, group, params
+        )
     return torch.ops.totalnorm.clip_grad_norm_(grads, float(max_norm), p, error_if_nonfinite)

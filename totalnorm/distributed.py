@@ -135,16 +135,24 @@ def _check_group(fn: str, group: dist.ProcessGroup) -> None:
 
 
 def partial(
-    fn: str, arg: str, items: Sequence[torch.Tensor], norm_type: float, group: Optional[dist.ProcessGroup]
+    fn: str,
+    arg: str,
+    items: Sequence[torch.Tensor],
+    norm_type: float,
+    group: Optional[dist.ProcessGroup],
+    owners: Sequence[torch.Tensor] = (),
 ):
     """Every rank's (count, accumulation) pair, gathered in rank order, plus this rank's local tensors.
 
-    Returns ``(rows, local, dtype_items)``: ``rows`` is a float64 tensor of
-    ``2 * group size`` values, the same on every rank; ``local`` is every local
-    tensor (what clipping scales); ``dtype_items`` decide the result dtype.
+    Returns ``(rows, local)``: ``rows`` is a float64 tensor of ``2 * group size``
+    values, the same on every rank; ``local`` is every local tensor (what clipping
+    scales, and what decides the result dtype). ``owners`` (the parameters) give
+    the meshes, and so the group, when no gradient is a DTensor (none yet).
     """
     counted, local, meshes = _local_parts(fn, arg, items)
     if group is None:
+        if not meshes:
+            meshes = list({id(t.device_mesh): t.device_mesh for t in owners if isinstance(t, DTensor)}.values())
         group = _mesh_group(fn, meshes)
     elif not torch.compiler.is_compiling():
         _check_group(fn, group)
@@ -201,13 +209,13 @@ def result_dtype(local: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) ->
     return torch.get_default_dtype() if out is None else out
 
 
-def norm_across(fn, arg, items, norm_type, error_if_nonfinite, dtype, group) -> torch.Tensor:
-    rows, local = partial(fn, arg, items, norm_type, group)
+def norm_across(fn, arg, items, norm_type, error_if_nonfinite, dtype, group, owners=()) -> torch.Tensor:
+    rows, local = partial(fn, arg, items, norm_type, group, owners)
     return _ops.finalize(rows, norm_type, result_dtype(local, dtype), error_if_nonfinite)
 
 
-def clip_across_(fn, arg, items, max_norm, norm_type, error_if_nonfinite, group) -> torch.Tensor:
-    rows, local = partial(fn, arg, items, norm_type, group)
+def clip_across_(fn, arg, items, max_norm, norm_type, error_if_nonfinite, group, owners=()) -> torch.Tensor:
+    rows, local = partial(fn, arg, items, norm_type, group, owners)
     total, coef = _ops.finalize_clip(rows, norm_type, result_dtype(local, None), max_norm, error_if_nonfinite)
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for t in local:

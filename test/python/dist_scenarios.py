@@ -241,3 +241,12 @@ def compiled_norm_with_group(p: float) -> dict:
         return totalnorm.total_norm(ts, p, group=dist.group.WORLD)
 
     return {"compiled": norm(grads), "eager": totalnorm.total_norm(grads, p, group=dist.group.WORLD)}
+
+
+def fsdp2_before_the_first_backward() -> dict:
+    """FSDP2 parameters without gradients yet: every rank joins the collective and gets 0."""
+    model = _fsdp2(_mlp())
+    with CommDebugMode() as comm:
+        norm = totalnorm.get_total_norm(model.parameters())
+        clipped = totalnorm.clip_grad_norm_(model.parameters(), 1.0)
+    return {"norm": norm, "clipped": clipped, "collectives": comm.get_total_counts()}

@@ -121,6 +121,12 @@ def test_fsdp2_training_with_clipping_equals_single_process_training(pool):
     assert_same_on_every_rank([torch.stack(r["norms"]) for r in results])
 
 
+def test_fsdp2_parameters_without_gradients_give_zero_on_every_rank(pool):
+    for r in pool.run(sc.fsdp2_before_the_first_backward):
+        assert r["collectives"] == 2  # one a call: ranks without gradients still join
+        assert r["norm"].item() == 0.0 and r["clipped"].item() == 0.0
+
+
 def test_compiled_clip_of_fsdp2_grads_is_one_graph_equal_to_eager(pool):
     for r in pool.run(sc.compiled_clip_of_fsdp2_grads, 0.05):
         assert_bitwise_equal(r["compiled"], r["eager"])
