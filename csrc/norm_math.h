@@ -207,8 +207,11 @@ class PairwiseSum {
 
   V total() const {
     V acc = splat<V>(0.0);
-    for (int level = 0; level < kLevels; ++level) {
-      if ((count_ >> level) & 1) acc = partial_[level] + acc;
+    // Only the levels below count_'s highest set bit hold partials: a short
+    // sum (one small tensor) must not pay for all 64.
+    int level = 0;
+    for (uint64_t c = count_; c != 0; c >>= 1, ++level) {
+      if (c & 1) acc = partial_[level] + acc;
     }
     return acc;
   }

@@ -152,6 +152,33 @@ TEST_P(TotalNorm, ClipGradNormMatchesTorch) {
   }
 }
 
+// The C++ API calls the unboxed Autograd kernels, which run the ops below
+// autograd: they must still bump the version of what they write, and only that.
+TEST_P(TotalNorm, WritesBumpVersionsThroughTheCppApi) {
+  at::manual_seed(7);
+  std::vector<at::Tensor> grads{at::randn({300}, options()), at::randn({4, 5}, options())};
+  auto versions = [&] {
+    std::vector<uint32_t> v;
+    for (const auto& g : grads) v.push_back(g._version());
+    return v;
+  };
+  const auto before = versions();
+  totalnorm::total_norm(grads);
+  totalnorm::partials(grads, 2.0);
+  EXPECT_EQ(versions(), before);
+  totalnorm::scale_(grads, at::full({}, 0.5, options()));
+  auto after_scale = versions();
+  for (size_t i = 0; i < grads.size(); ++i) EXPECT_GT(after_scale[i], before[i]) << i;
+  std::vector<at::Tensor> params;
+  for (const auto& g : grads) {
+    params.push_back(at::zeros_like(g).requires_grad_());
+    params.back().mutable_grad() = g;
+  }
+  totalnorm::clip_grad_norm_(params, 1e-3);
+  const auto after_clip = versions();
+  for (size_t i = 0; i < grads.size(); ++i) EXPECT_GT(after_clip[i], after_scale[i]) << i;
+}
+
 TEST_P(TotalNorm, ManyTensorsCrossTheLaunchTableLimit) {
   at::manual_seed(5);
   std::vector<at::Tensor> tensors;
