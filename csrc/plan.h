@@ -22,44 +22,58 @@ TOTALNORM_HD int64_t split_point(int64_t total, int64_t parts, int64_t b) {
   return b * q + (b < r ? b : r);
 }
 
-// Index of the segment holding element `pos`, given each segment's exclusive
-// end in the concatenation (`ends` increasing, pos < ends[n - 1]).
-TOTALNORM_HD int64_t find_segment(const int64_t* ends, int64_t n, int64_t pos) {
-  int64_t lo = 0;
-  int64_t hi = n - 1;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (ends[mid] > pos) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  return lo;
-}
-
 // Number of blocks for `total` elements: about `per_block` each, between 1 and max_blocks.
 int64_t block_count(int64_t total, int64_t per_block, int64_t max_blocks);
 
-// Calls visit(s, lo, hi) for the pieces of block b of `blocks`: elements [lo, hi)
-// of segment s, in order, for segments of a concatenation of `total` elements
-// that end at ends[0..count), strictly increasing (the tail of one segment,
-// whole segments, the head of another).
+// Calls visit(s, lo, hi) for the pieces of part `part` of `parts`: elements
+// [lo, hi) of segment s, in order, for segments that end at ends[0..count)
+// in the concatenation (non-decreasing; empty segments get no piece).
+//
+// The parts are near-equal ranges of a cost axis on which each segment costs
+// `weight` (its fixed cost, in elements) followed by its elements, so a part
+// holds at most about part_size / weight segments however small they are.
+// weight == 0 splits the elements themselves. Every element lands in exactly
+// one part, and the split depends on nothing but the counts.
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
 template <class Visit>
-TOTALNORM_HD void for_each_piece(const int64_t* ends, int64_t count, int64_t total, int64_t blocks, int64_t b,
-                                 Visit&& visit) {
-  int64_t pos = split_point(total, blocks, b);
-  const int64_t stop = split_point(total, blocks, b + 1);
-  if (pos >= stop) return;
-  for (int64_t s = find_segment(ends, count, pos); pos < stop; ++s) {
-    const int64_t start = s == 0 ? 0 : ends[s - 1];
-    const int64_t until = ends[s] < stop ? ends[s] : stop;
-    visit(s, pos - start, until - start);
-    pos = until;
+TOTALNORM_HD void for_each_weighted_piece(const int64_t* ends, int64_t count, int64_t weight, int64_t parts,
+                                          int64_t part, Visit&& visit) {
+  if (count == 0) return;
+  const int64_t from = split_point(ends[count - 1] + count * weight, parts, part);
+  const int64_t to = split_point(ends[count - 1] + count * weight, parts, part + 1);
+  if (from >= to) return;
+  // The first segment whose cost range ends past `from`.
+  int64_t lo_s = 0;
+  int64_t hi_s = count - 1;
+  while (lo_s < hi_s) {
+    const int64_t mid = lo_s + (hi_s - lo_s) / 2;
+    if (ends[mid] + (mid + 1) * weight > from) {
+      hi_s = mid;
+    } else {
+      lo_s = mid + 1;
+    }
   }
+  for (int64_t s = lo_s; s < count; ++s) {
+    const int64_t start = s == 0 ? 0 : ends[s - 1];
+    const int64_t first_element = start + (s + 1) * weight;  // cost position of its element 0
+    if (first_element - weight >= to) break;
+    const int64_t n = ends[s] - start;
+    const int64_t lo = from - first_element < 0 ? 0 : (from - first_element > n ? n : from - first_element);
+    const int64_t hi = to - first_element < 0 ? 0 : (to - first_element > n ? n : to - first_element);
+    if (lo < hi) visit(s, lo, hi);
+  }
+}
+
+// Calls visit(s, lo, hi) for the pieces of block b of `blocks`: the plain split
+// of the elements (the tail of one segment, whole segments, the head of another).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Visit>
+TOTALNORM_HD void for_each_piece(const int64_t* ends, int64_t count, int64_t blocks, int64_t b, Visit&& visit) {
+  for_each_weighted_piece(ends, count, 0, blocks, b, visit);
 }
 
 }  // namespace totalnorm

@@ -85,7 +85,7 @@ struct Concatenation {
   // Calls visit(span, lo, hi) for the pieces of block b, in order.
   template <class Visit>
   void for_each_piece(int64_t blocks, int64_t b, Visit&& visit) const {
-    totalnorm::for_each_piece(ends.data(), static_cast<int64_t>(ends.size()), total, blocks, b, visit);
+    totalnorm::for_each_piece(ends.data(), static_cast<int64_t>(ends.size()), blocks, b, visit);
   }
 };
 

@@ -7,28 +7,27 @@
 
 namespace totalnorm {
 
-Plan plan_launches(const std::vector<int64_t>& numels, const PlanLimits& limits) {
-  if (limits.max_tensors < 1 || limits.per_block < 1 || limits.max_blocks < 1) {
-    throw std::invalid_argument("plan_launches: limits must be positive");
+Plan plan_units(const std::vector<int64_t>& numels, const PlanLimits& limits) {
+  if (limits.tensor_cost < 0 || limits.per_unit < 1 || limits.max_units < 1) {
+    throw std::invalid_argument("plan_units: per_unit and max_units must be positive, tensor_cost not negative");
   }
   Plan plan;
+  int64_t end = 0;
   for (int64_t i = 0; i < static_cast<int64_t>(numels.size()); ++i) {
-    if (numels[i] > 0) plan.tensors.push_back(i);
+    if (numels[i] <= 0) continue;
+    plan.tensors.push_back(i);
+    end += numels[i];
+    plan.ends.push_back(end);
   }
-  const int64_t n = static_cast<int64_t>(plan.tensors.size());
-  for (int64_t first = 0; first < n; first += limits.max_tensors) {
-    Launch launch;
-    launch.first = first;
-    launch.count = std::min(limits.max_tensors, n - first);
-    for (int64_t k = first; k < first + launch.count; ++k) {
-      launch.elements += numels[plan.tensors[k]];
-    }
-    launch.blocks = block_count(launch.elements, limits.per_block, limits.max_blocks);
-    launch.partial_offset = plan.partials;
-    plan.partials += launch.blocks;
-    plan.launches.push_back(launch);
-  }
+  if (plan.tensors.empty()) return plan;
+  const int64_t cost = end + static_cast<int64_t>(plan.tensors.size()) * limits.tensor_cost;
+  plan.units = block_count(cost, limits.per_unit, limits.max_units);
   return plan;
+}
+
+int64_t grid_size(int64_t units, int64_t sms, int64_t blocks_per_sm) {
+  const int64_t resident = std::max<int64_t>(1, sms * blocks_per_sm);
+  return std::max<int64_t>(1, std::min(units, resident));
 }
 
 }  // namespace totalnorm

@@ -1,35 +1,37 @@
 #pragma once
-// How the CUDA backend groups the tensors of one element type into launches.
-// Plain C++ (no CUDA, no torch): compiled into every build of the library, so
-// its unit tests (test_plan.cpp) run without nvcc.
+// How the CUDA backend splits the tensors of one element type into units of
+// work. Plain C++ (no CUDA, no torch): compiled into every build of the
+// library, so its unit tests (test_plan.cpp) run without nvcc.
+//
+// A unit is a range of the tensors' concatenation (plan.h's weighted split):
+// each tensor costs `tensor_cost` elements on top of its elements, so many
+// tiny tensors spread over many units instead of serialising in one. The
+// units, and the order their partials merge in, depend on the element counts
+// only: every GPU model gives the same bits. How many blocks run the units
+// (grid_size) depends on the GPU, which does not change which unit reads what.
 
 #include <cstdint>
 #include <vector>
 
 namespace totalnorm {
 
-// One kernel launch of the CUDA backend: up to `max_tensors` tensors of one dtype.
-struct Launch {
-  int64_t first = 0;           // position of its first tensor in Plan::tensors
-  int64_t count = 0;           // number of tensors it reads
-  int64_t elements = 0;        // their total element count
-  int64_t blocks = 0;          // grid size: one partial per block
-  int64_t partial_offset = 0;  // where its partials start in the workspace
-};
-
 struct PlanLimits {
-  int64_t max_tensors;  // tensors one launch's parameter table holds
-  int64_t per_block;    // elements a block should read
-  int64_t max_blocks;   // grid size that fills the device
+  int64_t tensor_cost;  // what a tensor costs in elements, on top of its elements
+  int64_t per_unit;     // cost a unit should cover
+  int64_t max_units;    // bound of the partials buffer
 };
 
+// One launch over the non-empty tensors of one element type.
 struct Plan {
   std::vector<int64_t> tensors;  // indices of the non-empty tensors, in list order
-  std::vector<Launch> launches;
-  int64_t partials = 0;  // total partial slots over all launches
+  std::vector<int64_t> ends;     // exclusive end of each of them in the concatenation
+  int64_t units = 0;             // one partial each; 0 when every tensor is empty
 };
 
-// Plans the launches for tensors of the given element counts (empty ones skipped).
-Plan plan_launches(const std::vector<int64_t>& numels, const PlanLimits& limits);
+Plan plan_units(const std::vector<int64_t>& numels, const PlanLimits& limits);
+
+// Blocks to launch for `units` units: as many as are resident at once
+// (sms * blocks_per_sm, at least one), never more than there are units.
+int64_t grid_size(int64_t units, int64_t sms, int64_t blocks_per_sm);
 
 }  // namespace totalnorm

@@ -1,13 +1,20 @@
-// The CUDA backend: a multi-tensor reduction in one launch per element type
-// and table of up to 2040 tensors.
+// The CUDA backend: one reduction launch per element type, whatever the number
+// of tensors, and one launch to merge.
 //
-// The tensors of one element type are seen as one concatenation (plan.h) and cut
-// into near-equal ranges, one per block; the table of tensors travels by value
-// as a __grid_constant__ kernel parameter (up to 2040 tensors a launch), so
-// there is no host-to-device copy and CUDA-graph capture records it as is. Each
-// block writes one float64 accumulation; one more single-block launch merges
-// them in a fixed order into the device's (count, accumulation) pair, and
-// finalize merges pairs, finalizes and rounds once. No floating-point
+// The tensors of one element type are seen as one concatenation and cut into
+// units (launch_plan.h): near-equal ranges in which every tensor also costs a
+// fixed number of elements, so that thousands of tiny tensors spread over many
+// units. Within a unit, a piece of a tensor large enough for the whole block is
+// read by the whole block; smaller pieces go to the block's warps in turn, so a
+// unit of sixteen tiny tensors costs one memory round trip, not sixteen. Each
+// unit writes one float64 accumulation; the grid is sized from the occupancy
+// API and its blocks take units in turn, which changes the schedule but not
+// what any unit reads or the order units merge in: every GPU gives the same
+// bits. The table of tensors travels in the kernel's parameters up to 64
+// tensors, and in a device table beyond (cached per list and stream; one made
+// during graph capture lives as long as the graph). One more single-block launch
+// merges the units in a fixed order into the device's (count, accumulation)
+// pair, and finalize merges pairs, finalizes and rounds once. No floating-point
 // atomics, no host synchronisation.
 
 #include <ATen/ATen.h>
@@ -21,6 +28,10 @@
 #include <cuda_fp16.h>
 
 #include <array>
+#include <cstdlib>
+#include <cstring>
+#include <list>
+#include <mutex>
 #include <vector>
 
 #include "../checks.h"
@@ -33,24 +44,24 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-// Elements a block should read: enough to amortise its start, few enough that a
-// 2,000-tensor step of ~17M elements still fills an H100 (132 SMs x 4 blocks);
-// past 2,048 blocks the blocks grow instead.
-constexpr int64_t kBlockElements = 1 << 15;
-constexpr int64_t kMaxBlocks = 2048;
-// Table sizes: the large one fills the 32,764-byte kernel-parameter limit.
-constexpr int kSmallTable = 64;
-constexpr int kLargeTable = 2040;
+// The split into units (launch_plan.h): a unit covers about 32,768 elements'
+// worth of cost, a tensor costs 2,048 on top of its elements (so a unit holds
+// at most about 16 tensors, one per warp), and at most 2,048 units (partials).
+constexpr PlanLimits kLimits{/*tensor_cost=*/2048, /*per_unit=*/1 << 15, /*max_units=*/2048};
+// A piece of at least this many elements is read by the whole block; a smaller
+// one by one warp.
+constexpr int64_t kBlockPiece = 2048;
+// Tensors whose table travels in the kernel's parameters; beyond, a device table.
+constexpr int kInline = 64;
 
-template <int Cap>
 struct TensorTable {
-  int64_t count;
-  int64_t elements;
-  int64_t ends[Cap];  // exclusive end of each tensor in the concatenation
-  const void* data[Cap];
+  int64_t count;   // non-empty tensors
+  int64_t units;   // units of the split, one partial each
+  const int64_t* ends;      // device table: `count` ends, then `count` data pointers; or
+  int64_t inline_ends[kInline];  // null, and these hold them
+  const void* inline_data[kInline];
 };
-static_assert(sizeof(TensorTable<kLargeTable>) + 2 * sizeof(void*) <= 32764,
-              "the table must fit in the kernel-parameter space");
+static_assert(sizeof(TensorTable) <= 4096, "the table must fit the classic kernel-parameter limit");
 
 // Storage types of the elements (half and bfloat16 read as raw bits).
 struct HalfBits {
@@ -108,29 +119,50 @@ __device__ double block_reduce(double v, double identity, Combine combine) {
   return v;  // meaningful in thread 0
 }
 
-// Calls visit(data, lo, hi) for each piece of this block's range of the
-// concatenation (plan.h).
-template <int Cap, class Visit>
-__device__ void for_each_table_piece(const TensorTable<Cap>& table, Visit&& visit) {
-  totalnorm::for_each_piece(table.ends, table.count, table.elements, gridDim.x, blockIdx.x,
-                            [&](int64_t t, int64_t lo, int64_t hi) { visit(table.data[t], lo, hi); });
+// Which threads of the block read a piece: the whole block for large pieces,
+// warp (k mod kWarps) for the k-th piece of the unit otherwise.
+struct Team {
+  bool member;
+  int rank;
+  int size;
+};
+
+__device__ Team team_for(int64_t elements, int64_t k) {
+  if (elements >= kBlockPiece) return Team{true, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x)};
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  return Team{warp == static_cast<int>(k % kWarps), static_cast<int>(threadIdx.x) % 32, 32};
 }
 
-// This thread's share of elements [lo, hi) of `data`: one element at a time up
-// to the first 16-byte boundary, then 16-byte vectors with four loads in flight,
-// then the tail. on_element(S*) and on_vector(uint4* address, uint4 value).
+// Calls visit(data, lo, hi, team) for each piece of unit u of the table's split.
+template <class Visit>
+__device__ void for_each_unit_piece(const TensorTable& table, int64_t u, Visit&& visit) {
+  const int64_t* ends = table.ends != nullptr ? table.ends : table.inline_ends;
+  const void* const* data =
+      table.ends != nullptr ? reinterpret_cast<const void* const*>(table.ends + table.count) : table.inline_data;
+  int64_t k = 0;
+  totalnorm::for_each_weighted_piece(ends, table.count, kLimits.tensor_cost, table.units, u,
+                                     [&](int64_t t, int64_t lo, int64_t hi) {
+                                       const Team team = team_for(hi - lo, k++);
+                                       if (team.member) visit(data[t], lo, hi, team);
+                                     });
+}
+
+// A team member's share of elements [lo, hi) of `data`: one element at a time
+// up to the first 16-byte boundary, then 16-byte vectors with four loads in
+// flight, then the tail. on_element(S*) and on_vector(uint4* address, uint4 value).
 template <class S, bool kReadOnly, class OnElement, class OnVector>
-__device__ void visit_slice(S* data, int64_t lo, int64_t hi, OnElement&& on_element, OnVector&& on_vector) {
+__device__ void visit_slice(S* data, int64_t lo, int64_t hi, Team team, OnElement&& on_element,
+                            OnVector&& on_vector) {
   constexpr int64_t kVec = 16 / sizeof(S);
-  const int64_t stride = blockDim.x;
+  const int64_t stride = team.size;
   const auto misalign = reinterpret_cast<uintptr_t>(data + lo) % 16;
   const int64_t head = min(hi - lo, static_cast<int64_t>((16 - misalign) % 16 / sizeof(S)));
-  for (int64_t i = lo + threadIdx.x; i < lo + head; i += stride) on_element(data + i);
+  for (int64_t i = lo + team.rank; i < lo + head; i += stride) on_element(data + i);
   const int64_t body = lo + head;
   const int64_t vectors = (hi - body) / kVec;
   uint4* vec = reinterpret_cast<uint4*>(data + body);
   auto load = [](const uint4* at) { return kReadOnly ? __ldg(at) : *at; };
-  int64_t v = threadIdx.x;
+  int64_t v = team.rank;
   for (; v + 3 * stride < vectors; v += 4 * stride) {
     uint4 raw[4];
 #pragma unroll
@@ -139,58 +171,60 @@ __device__ void visit_slice(S* data, int64_t lo, int64_t hi, OnElement&& on_elem
     for (int k = 0; k < 4; ++k) on_vector(vec + v + k * stride, raw[k]);
   }
   for (; v < vectors; v += stride) on_vector(vec + v, load(vec + v));
-  for (int64_t i = body + vectors * kVec + threadIdx.x; i < hi; i += stride) on_element(data + i);
+  for (int64_t i = body + vectors * kVec + team.rank; i < hi; i += stride) on_element(data + i);
 }
 
-template <Order O, class S, int Cap>
+template <Order O, class S>
 __global__ void __launch_bounds__(kThreads)
-    reduce_kernel(const __grid_constant__ TensorTable<Cap> table, double p, double* __restrict__ partials) {
+    reduce_kernel(const __grid_constant__ TensorTable table, double p, double* __restrict__ partials) {
   using Op = NormOp<O>;
-  // Sums cascade in three levels, so that a thread's hundreds of terms (2,048
-  // blocks over 1e9 elements) do not round hundreds of times in a row:
-  // each vector's (or lone element's) contributions form one term, `run` adds
-  // 32 terms, `mid` adds 32 runs, `acc` adds the rest. The counts follow this
-  // thread's element positions only. Max, min and counts (exact) use `acc` alone.
+  // Sums cascade in three levels, so that a thread's hundreds of terms do not
+  // round hundreds of times in a row: each vector's (or lone element's)
+  // contributions form one term, `run` adds 32 terms, `mid` adds 32 runs, `acc`
+  // adds the rest. The counts follow this thread's element positions in the
+  // unit only. Max, min and counts (exact) use `acc` alone.
   constexpr bool kCascade = O == Order::One || O == Order::Two || O == Order::General;
-  double acc = Op::identity;
-  double run = 0.0;
-  double mid = 0.0;
-  int run_terms = 0;
-  int mid_runs = 0;
-  auto add_term = [&](double term) {
-    if constexpr (kCascade) {
-      run += term;
-      if (++run_terms == 32) {
-        mid += run;
-        run = 0.0;
-        run_terms = 0;
-        if (++mid_runs == 32) {
-          acc += mid;
-          mid = 0.0;
-          mid_runs = 0;
+  for (int64_t u = blockIdx.x; u < table.units; u += gridDim.x) {
+    double acc = Op::identity;
+    double run = 0.0;
+    double mid = 0.0;
+    int run_terms = 0;
+    int mid_runs = 0;
+    auto add_term = [&](double term) {
+      if constexpr (kCascade) {
+        run += term;
+        if (++run_terms == 32) {
+          mid += run;
+          run = 0.0;
+          run_terms = 0;
+          if (++mid_runs == 32) {
+            acc += mid;
+            mid = 0.0;
+            mid_runs = 0;
+          }
         }
+      } else {
+        acc = Op::combine(acc, term);
       }
-    } else {
-      acc = Op::combine(acc, term);
-    }
-  };
-  for_each_table_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
-    visit_slice<S, true>(
-        static_cast<S*>(const_cast<void*>(data)), lo, hi,
-        [&](const S* x) { add_term(contribution<O>(*x, p)); },
-        [&](const uint4*, const uint4& raw) {
-          S elems[16 / sizeof(S)];
-          memcpy(elems, &raw, sizeof(raw));
-          constexpr int kElems = 16 / sizeof(S);
-          double term = contribution<O>(elems[0], p);
+    };
+    for_each_unit_piece(table, u, [&](const void* data, int64_t lo, int64_t hi, Team team) {
+      visit_slice<S, true>(
+          static_cast<S*>(const_cast<void*>(data)), lo, hi, team,
+          [&](const S* x) { add_term(contribution<O>(*x, p)); },
+          [&](const uint4*, const uint4& raw) {
+            S elems[16 / sizeof(S)];
+            memcpy(elems, &raw, sizeof(raw));
+            constexpr int kElems = 16 / sizeof(S);
+            double term = contribution<O>(elems[0], p);
 #pragma unroll
-          for (int k = 1; k < kElems; ++k) term = Op::combine(term, contribution<O>(elems[k], p));
-          add_term(term);
-        });
-  });
-  if constexpr (kCascade) acc += mid + run;
-  acc = block_reduce(acc, Op::identity, [](double a, double b) { return Op::combine(a, b); });
-  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+            for (int k = 1; k < kElems; ++k) term = Op::combine(term, contribution<O>(elems[k], p));
+            add_term(term);
+          });
+    });
+    if constexpr (kCascade) acc += mid + run;
+    acc = block_reduce(acc, Op::identity, [](double a, double b) { return Op::combine(a, b); });
+    if (threadIdx.x == 0) partials[u] = acc;
+  }
 }
 
 // Merges partials in a fixed order in one block (at most a few per thread:
@@ -226,24 +260,26 @@ __global__ void __launch_bounds__(kThreads)
 
 // data *= coef for every element, in the element type's opmath, like torch's
 // _foreach_mul_ on CUDA, which first rounds the coefficient to the data's dtype.
-template <class T, class Coef, int Cap>
+template <class T, class Coef>
 __global__ void __launch_bounds__(kThreads)
-    scale_kernel(const __grid_constant__ TensorTable<Cap> table, const Coef* __restrict__ coef) {
+    scale_kernel(const __grid_constant__ TensorTable table, const Coef* __restrict__ coef) {
   using opmath = at::opmath_type<T>;
   const opmath c = static_cast<opmath>(static_cast<T>(*coef));
   auto scale = [c](T& x) { x = static_cast<T>(static_cast<opmath>(x) * c); };
-  for_each_table_piece(table, [&](const void* data, int64_t lo, int64_t hi) {
-    visit_slice<T, false>(
-        static_cast<T*>(const_cast<void*>(data)), lo, hi, [&](T* x) { scale(*x); },
-        [&](uint4* at, uint4 raw) {
-          T elems[16 / sizeof(T)];
-          memcpy(elems, &raw, sizeof(raw));
+  for (int64_t u = blockIdx.x; u < table.units; u += gridDim.x) {
+    for_each_unit_piece(table, u, [&](const void* data, int64_t lo, int64_t hi, Team team) {
+      visit_slice<T, false>(
+          static_cast<T*>(const_cast<void*>(data)), lo, hi, team, [&](T* x) { scale(*x); },
+          [&](uint4* at, uint4 raw) {
+            T elems[16 / sizeof(T)];
+            memcpy(elems, &raw, sizeof(raw));
 #pragma unroll
-          for (T& x : elems) scale(x);
-          memcpy(&raw, elems, sizeof(raw));
-          *at = raw;
-        });
-  });
+            for (T& x : elems) scale(x);
+            memcpy(&raw, elems, sizeof(raw));
+            *at = raw;
+          });
+    });
+  }
 }
 
 // The tensors of one storage type, as dense spans. The spans only point at the
@@ -284,66 +320,184 @@ Grouped group_by_storage(at::TensorList tensors, Order order) {
   return g;
 }
 
-// The split of the work depends on the element counts only, never on the GPU:
-// every model (and MIG slice) merges the same blocks in the same order, so all
-// give the same bits. 2,048 blocks run in whole-enough waves on any current GPU
-// (3.9 waves at 4 blocks an SM on an H100, 4.7 on an A100).
-constexpr PlanLimits kLimits{kLargeTable, kBlockElements, kMaxBlocks};
-
-// Fills a table from one launch of a plan and hands it to `launch`.
-template <int Cap, class Launcher>
-void with_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&& launch) {
-  TensorTable<Cap> table;
-  table.count = l.count;
-  table.elements = l.elements;
-  int64_t end = 0;
-  for (int64_t k = 0; k < l.count; ++k) {
-    const int64_t i = plan.tensors[l.first + k];
-    end += spans.numels[i];
-    table.ends[k] = end;
-    table.data[k] = spans.data[i];
+// Device tables of tensors for lists longer than kInline, cached per list
+// (its ends and data pointers, compared in full) and stream: a training loop
+// that passes the same gradients every step uploads their table once. A table
+// made while the stream is being captured into a CUDA graph is not cached: the
+// graph holds it (a CUDA user object) and releases it when it is destroyed.
+class TableCache {
+ public:
+  static TableCache& instance() {
+    static auto* cache = new TableCache();  // never destroyed: tables may outlive static destruction order
+    return *cache;
   }
-  launch(table);
+
+  // The device copy of `host` (ends, then data pointers) for launches on the
+  // current stream. The caller holds the returned tensor until its launch is
+  // enqueued (another thread may evict the entry meanwhile).
+  at::Tensor get(const std::vector<int64_t>& host, const c10::Device& device) {
+    release_dead();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    unsigned long long capture_id = 0;
+    cudaGraph_t graph = nullptr;
+    C10_CUDA_CHECK(cudaStreamGetCaptureInfo(stream, &status, &capture_id, &graph));
+    if (status == cudaStreamCaptureStatusActive) return held_by_graph(upload(host, device), graph);
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->device == device.index() && it->stream == stream && it->key == host) {
+        entries_.splice(entries_.begin(), entries_, it);
+        return entries_.front().table;
+      }
+    }
+    entries_.push_front(Entry{device.index(), stream, host, upload(host, device).table});
+    // An evicted table goes back to the caching allocator, to be reused in the
+    // order of the stream it was made on, after the launches that read it.
+    if (entries_.size() > kCapacity) entries_.pop_back();
+    return entries_.front().table;
+  }
+
+ private:
+  static constexpr size_t kCapacity = 16;
+
+  struct Entry {
+    c10::DeviceIndex device;
+    cudaStream_t stream;
+    std::vector<int64_t> key;
+    at::Tensor table;
+  };
+
+  struct Upload {
+    at::Tensor table;    // on the device
+    at::Tensor staging;  // the pinned source of the copy
+  };
+
+  // Through pinned memory and a copy on the current stream, which under
+  // capture becomes a node of the graph (re-read at every replay, so the graph
+  // keeps the staging buffer too; eagerly, torch's pinned allocator keeps it
+  // until the copy is done).
+  static Upload upload(const std::vector<int64_t>& host, const c10::Device& device) {
+    const auto n = static_cast<int64_t>(host.size());
+    Upload up;
+    up.staging = at::empty({n}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    std::memcpy(up.staging.mutable_data_ptr<int64_t>(), host.data(), host.size() * sizeof(int64_t));
+    up.table = at::empty({n}, at::TensorOptions().dtype(at::kLong).device(device));
+    up.table.copy_(up.staging, /*non_blocking=*/true);
+    return up;
+  }
+
+  at::Tensor held_by_graph(Upload up, cudaGraph_t graph) {
+    at::Tensor table = up.table;
+    auto* owned = new Upload(std::move(up));
+    cudaUserObject_t object = nullptr;
+    C10_CUDA_CHECK(cudaUserObjectCreate(&object, owned, &on_graph_released, 1, cudaUserObjectNoDestructorSync));
+    const cudaError_t retained = cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove);
+    if (retained != cudaSuccess) {
+      C10_CUDA_CHECK(cudaUserObjectRelease(object, 1));  // hands `owned` to on_graph_released
+      C10_CUDA_CHECK(retained);
+    }
+    return table;
+  }
+
+  // Runs on a CUDA-internal thread once the graph (and its executions) are
+  // gone: it may make no CUDA call, so it only queues the table for release.
+  static void CUDART_CB on_graph_released(void* owned) {
+    TableCache& cache = instance();
+    const std::lock_guard<std::mutex> lock(cache.dead_mutex_);
+    cache.dead_.push_back(static_cast<Upload*>(owned));
+  }
+
+  void release_dead() {
+    std::vector<Upload*> dead;
+    {
+      const std::lock_guard<std::mutex> lock(dead_mutex_);
+      dead.swap(dead_);
+    }
+    for (Upload* up : dead) delete up;
+  }
+
+  std::mutex mutex_;
+  std::list<Entry> entries_;  // most recently used first
+  std::mutex dead_mutex_;
+  std::vector<Upload*> dead_;
+};
+
+// The table of a plan's tensors, in the kernels' parameters or in a device
+// table, which `keep` holds until the launch is enqueued.
+TensorTable make_table(const Spans& spans, const Plan& plan, const c10::Device& device, at::Tensor& keep) {
+  TensorTable table{};
+  table.count = static_cast<int64_t>(plan.tensors.size());
+  table.units = plan.units;
+  if (table.count <= kInline) {
+    for (int64_t k = 0; k < table.count; ++k) {
+      table.inline_ends[k] = plan.ends[k];
+      table.inline_data[k] = spans.data[plan.tensors[k]];
+    }
+    table.ends = nullptr;
+    return table;
+  }
+  std::vector<int64_t> host(plan.ends);
+  for (int64_t i : plan.tensors) host.push_back(static_cast<int64_t>(reinterpret_cast<intptr_t>(spans.data[i])));
+  keep = TableCache::instance().get(host, device);
+  table.ends = keep.const_data_ptr<int64_t>();
+  return table;
 }
 
-// Hands `launch` the table of one launch, in the smallest table type that holds it.
-template <class Launcher>
-void with_launch_table(const Spans& spans, const Plan& plan, const Launch& l, Launcher&& launch) {
-  if (l.count <= kSmallTable) {
-    with_table<kSmallTable>(spans, plan, l, launch);
-  } else {
-    with_table<kLargeTable>(spans, plan, l, launch);
+// SMs the grid is sized for; TOTALNORM_CUDA_SM_COUNT overrides the device's
+// count (tests use it to check that the bits do not depend on it).
+int64_t sm_count(const c10::Device& device) {
+  if (const char* forced = std::getenv("TOTALNORM_CUDA_SM_COUNT")) {
+    const long n = std::strtol(forced, nullptr, 10);
+    if (n > 0) return n;
   }
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
+  return sms;
+}
+
+// Blocks of `kernel` resident on one SM, from the occupancy API, once per kernel.
+template <auto kKernel>
+int64_t blocks_per_sm() {
+  static const int64_t n = [] {
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, kThreads, 0));
+    return std::max(blocks, 1);
+  }();
+  return n;
+}
+
+template <auto kKernel>
+int64_t grid_for(const TensorTable& table, const c10::Device& device) {
+  return grid_size(table.units, sm_count(device), blocks_per_sm<kKernel>());
 }
 
 template <Order O, class S>
-void launch_reduce(const Spans& spans, const Plan& plan, double p, double* workspace, cudaStream_t stream) {
-  for (const Launch& l : plan.launches) {
-    with_launch_table(spans, plan, l, [&](const auto& table) {
-      constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
-      reduce_kernel<O, S, cap><<<l.blocks, kThreads, 0, stream>>>(table, p, workspace + l.partial_offset);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+void launch_reduce(const Spans& spans, const Plan& plan, double p, double* partials, const c10::Device& device,
+                   cudaStream_t stream) {
+  at::Tensor keep;
+  const TensorTable table = make_table(spans, plan, device, keep);
+  constexpr auto kernel = &reduce_kernel<O, S>;
+  kernel<<<grid_for<kernel>(table, device), kThreads, 0, stream>>>(table, p, partials);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <Order O>
 void launch_reduce_storage(Elem s, const Spans& spans, const Plan& plan, double p, double* ws,
-                           cudaStream_t stream) {
+                           const c10::Device& device, cudaStream_t stream) {
   switch (s) {
     case Elem::Half:
-      return launch_reduce<O, HalfBits>(spans, plan, p, ws, stream);
+      return launch_reduce<O, HalfBits>(spans, plan, p, ws, device, stream);
     case Elem::BFloat16:
-      return launch_reduce<O, BFloat16Bits>(spans, plan, p, ws, stream);
+      return launch_reduce<O, BFloat16Bits>(spans, plan, p, ws, device, stream);
     case Elem::Float:
-      return launch_reduce<O, float>(spans, plan, p, ws, stream);
+      return launch_reduce<O, float>(spans, plan, p, ws, device, stream);
     case Elem::Double:
-      return launch_reduce<O, double>(spans, plan, p, ws, stream);
+      return launch_reduce<O, double>(spans, plan, p, ws, device, stream);
     case Elem::ComplexFloat:
-      if constexpr (O != Order::Two) return launch_reduce<O, float2>(spans, plan, p, ws, stream);
+      if constexpr (O != Order::Two) return launch_reduce<O, float2>(spans, plan, p, ws, device, stream);
       break;
     case Elem::ComplexDouble:
-      if constexpr (O != Order::Two) return launch_reduce<O, double2>(spans, plan, p, ws, stream);
+      if constexpr (O != Order::Two) return launch_reduce<O, double2>(spans, plan, p, ws, device, stream);
       break;
   }
   TORCH_INTERNAL_ASSERT(false, "unexpected storage for this order");
@@ -373,19 +527,19 @@ at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
   std::array<Plan, kElemCount> plans;
   int64_t slots = 0;
   for (size_t s = 0; s < plans.size(); ++s) {
-    plans[s] = plan_launches(grouped.spans[s].numels, kLimits);
-    slots += plans[s].partials;
+    plans[s] = plan_units(grouped.spans[s].numels, kLimits);
+    slots += plans[s].units;
   }
   const auto options = at::TensorOptions().dtype(at::kDouble).device(tensors[0].device());
   at::Tensor workspace = at::empty({slots}, options);
   double* ws = workspace.mutable_data_ptr<double>();
   for (size_t s = 0; s < plans.size(); ++s) {
-    if (plans[s].launches.empty()) continue;
+    if (plans[s].units == 0) continue;
     dispatch_order(order, [&](auto o) {
       launch_reduce_storage<decltype(o)::value>(static_cast<Elem>(s), grouped.spans[s], plans[s], norm_type, ws,
-                                                stream);
+                                                tensors[0].device(), stream);
     });
-    ws += plans[s].partials;
+    ws += plans[s].units;
   }
   int64_t count = 0;
   for (const auto& t : tensors) count += t.numel();
@@ -457,16 +611,13 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
     using coef_t = scalar_t;
     for (size_t k = 0; k < spans.size(); ++k) {
       if (spans[k].numels.empty()) continue;
-      const Plan plan = plan_launches(spans[k].numels, kLimits);
+      const Plan plan = plan_units(spans[k].numels, kLimits);
+      at::Tensor keep;
+      const TensorTable table = make_table(spans[k], plan, coef.device(), keep);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtypes[k], "totalnorm_scale", [&] {
-        for (const Launch& l : plan.launches) {
-          with_launch_table(spans[k], plan, l, [&](const auto& table) {
-            constexpr int cap = sizeof(table.ends) / sizeof(table.ends[0]);
-            scale_kernel<scalar_t, coef_t, cap>
-                <<<l.blocks, kThreads, 0, stream>>>(table, coef.const_data_ptr<coef_t>());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          });
-        }
+        constexpr auto kernel = &scale_kernel<scalar_t, coef_t>;
+        kernel<<<grid_for<kernel>(table, coef.device()), kThreads, 0, stream>>>(table, coef.const_data_ptr<coef_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
   });

@@ -2,6 +2,7 @@
 // the CUDA backend's launches (cuda/launch_plan.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
 #include <stdexcept>
 #include <tuple>
@@ -27,15 +28,6 @@ TEST(Plan, SplitPointsCoverTheRangeInNearEqualParts) {
   }
 }
 
-TEST(Plan, FindSegmentLocatesEveryElement) {
-  const std::vector<int64_t> ends = {3, 4, 10, 11};
-  const std::vector<int64_t> expected = {0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 3};
-  for (int64_t pos = 0; pos < 11; ++pos) {
-    EXPECT_EQ(find_segment(ends.data(), 4, pos), expected[pos]) << "pos " << pos;
-  }
-  EXPECT_EQ(find_segment(ends.data(), 1, 2), 0);
-}
-
 TEST(Plan, BlockCountFollowsTheTargetWithinLimits) {
   EXPECT_EQ(block_count(0, 100, 8), 1);
   EXPECT_EQ(block_count(1, 100, 8), 1);
@@ -53,7 +45,7 @@ TEST(Plan, ForEachPieceTilesTheConcatenationInOrder) {
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t before = static_cast<int64_t>(pieces.size());
       int64_t covered = 0;
-      for_each_piece(ends.data(), 4, 11, blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
+      for_each_piece(ends.data(), 4, blocks, b, [&](int64_t s, int64_t lo, int64_t hi) {
         EXPECT_LT(lo, hi);
         pieces.emplace_back(s, lo, hi);
         covered += hi - lo;
@@ -72,88 +64,128 @@ TEST(Plan, ForEachPieceTilesTheConcatenationInOrder) {
   }
 }
 
-// Every element of every tensor is read by exactly one block of one launch.
-void expect_exact_cover(const std::vector<int64_t>& numels, const Plan& plan, const PlanLimits& limits) {
-  std::vector<int64_t> non_empty;
-  for (size_t i = 0; i < numels.size(); ++i) {
-    if (numels[i] > 0) non_empty.push_back(static_cast<int64_t>(i));
+// The pieces of parts 0..parts-1 of a weighted split, in order.
+std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>> weighted_pieces(const std::vector<int64_t>& ends,
+                                                                                int64_t weight, int64_t parts) {
+  std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>> out(static_cast<size_t>(parts));
+  for (int64_t u = 0; u < parts; ++u) {
+    for_each_weighted_piece(ends.data(), static_cast<int64_t>(ends.size()), weight, parts, u,
+                            [&](int64_t s, int64_t lo, int64_t hi) { out[static_cast<size_t>(u)].emplace_back(s, lo, hi); });
   }
-  ASSERT_EQ(plan.tensors, non_empty);
-  int64_t next_tensor = 0;
-  int64_t next_partial = 0;
-  for (const Launch& l : plan.launches) {
-    EXPECT_EQ(l.first, next_tensor);
-    EXPECT_GE(l.count, 1);
-    EXPECT_LE(l.count, limits.max_tensors);
-    EXPECT_EQ(l.partial_offset, next_partial);
-    EXPECT_GE(l.blocks, 1);
-    EXPECT_LE(l.blocks, limits.max_blocks);
-    int64_t elements = 0;
-    for (int64_t k = l.first; k < l.first + l.count; ++k) elements += numels[plan.tensors[k]];
-    EXPECT_EQ(l.elements, elements);
-    next_tensor += l.count;
-    next_partial += l.blocks;
+  return out;
+}
+
+// Pieces are non-empty and, part after part, read every element of every
+// segment once, in order (empty segments get none).
+void expect_tiles_in_order(const std::vector<int64_t>& ends, int64_t weight, int64_t parts) {
+  SCOPED_TRACE(::testing::Message() << "weight " << weight << ", parts " << parts);
+  int64_t segment = 0;
+  int64_t next = 0;  // next element of `segment` to be read
+  for (const auto& part : weighted_pieces(ends, weight, parts)) {
+    for (const auto& [s, lo, hi] : part) {
+      ASSERT_LT(lo, hi);
+      while (segment < s) {
+        const int64_t n = ends[segment] - (segment == 0 ? 0 : ends[segment - 1]);
+        ASSERT_EQ(next, n) << "segment " << segment << " left unfinished";
+        ++segment;
+        next = 0;
+      }
+      ASSERT_EQ(s, segment);
+      ASSERT_EQ(lo, next);
+      next = hi;
+    }
   }
-  EXPECT_EQ(next_tensor, static_cast<int64_t>(non_empty.size()));
-  EXPECT_EQ(plan.partials, next_partial);
+  for (; segment < static_cast<int64_t>(ends.size()); ++segment, next = 0) {
+    ASSERT_EQ(next, ends[segment] - (segment == 0 ? 0 : ends[segment - 1])) << "segment " << segment;
+  }
 }
 
-TEST(Plan, SkipsEmptyTensorsBetweenNonEmptyOnes) {
-  const std::vector<int64_t> numels = {0, 5, 0, 0, 3, 0};
-  const PlanLimits limits{2, 4, 16};
-  const Plan plan = plan_launches(numels, limits);
-  expect_exact_cover(numels, plan, limits);
-  ASSERT_EQ(plan.launches.size(), 1u);
-  EXPECT_EQ(plan.launches[0].elements, 8);
-  EXPECT_EQ(plan.launches[0].blocks, 2);
+TEST(Plan, WeightedPiecesTileEveryListShape) {
+  std::vector<std::vector<int64_t>> lists = {{5}, {3, 4, 10, 11}, {0, 0, 7, 7, 9}, {1, 2, 3, 4, 5, 6, 7, 8}};
+  std::vector<int64_t> mixed;  // a big tensor, then tiny and empty ones
+  int64_t end = 100000;
+  mixed.push_back(end);
+  for (int i = 0; i < 300; ++i) mixed.push_back(end += i % 7 == 0 ? 0 : 1 + i % 5);
+  lists.push_back(mixed);
+  for (const auto& ends : lists) {
+    for (int64_t weight : {0, 1, 3, 2048}) {
+      for (int64_t parts : {1, 2, 5, 64, 1000}) expect_tiles_in_order(ends, weight, parts);
+    }
+  }
 }
 
-TEST(Plan, AllEmptyGivesNoLaunch) {
-  const Plan plan = plan_launches({0, 0}, PlanLimits{4, 4, 4});
-  EXPECT_TRUE(plan.launches.empty());
-  EXPECT_EQ(plan.partials, 0);
+TEST(Plan, ZeroWeightIsThePlainSplitOfTheElements) {
+  const std::vector<int64_t> ends = {3, 4, 10, 11};
+  for (int64_t parts : {1, 3, 11}) {
+    const auto pieces = weighted_pieces(ends, 0, parts);
+    for (int64_t u = 0; u < parts; ++u) {
+      int64_t covered = 0;
+      for (const auto& [s, lo, hi] : pieces[static_cast<size_t>(u)]) covered += hi - lo;
+      EXPECT_EQ(covered, split_point(11, parts, u + 1) - split_point(11, parts, u));
+    }
+  }
 }
 
-TEST(Plan, SplitsTheTableAcrossLaunchesAtTheTensorLimit) {
-  std::vector<int64_t> numels(2 * 2040 + 7, 1000);
-  numels[2040] = 0;
-  const PlanLimits limits{2040, 4096, 528};
-  const Plan plan = plan_launches(numels, limits);
-  expect_exact_cover(numels, plan, limits);
-  ASSERT_EQ(plan.launches.size(), 3u);
-  EXPECT_EQ(plan.launches[0].count, 2040);
-  EXPECT_EQ(plan.launches[1].count, 2040);
-  EXPECT_EQ(plan.launches[2].count, 6);
+// Tiny tensors after a huge one: with a tensor cost, no part gets more than
+// about (its cost / tensor cost) of them, where the plain split would put all
+// of them in the last part.
+TEST(Plan, TensorCostSpreadsTinyTensorsOverParts) {
+  std::vector<int64_t> ends = {100000000};
+  for (int i = 0; i < 2000; ++i) ends.push_back(ends.back() + 1);
+  auto most_segments = [&](int64_t weight, int64_t parts) {
+    size_t most = 0;
+    for (const auto& part : weighted_pieces(ends, weight, parts)) most = std::max(most, part.size());
+    return most;
+  };
+  EXPECT_GE(most_segments(0, 2048), 2000u);  // what the cost fixes
+  const int64_t cost = ends.back() + static_cast<int64_t>(ends.size()) * 2048;
+  const auto bound = static_cast<size_t>(cost / 2048 / 2048 + 2);
+  EXPECT_LE(most_segments(2048, 2048), bound);
+  EXPECT_LE(bound, 30u);
+}
+
+TEST(Plan, UnitsFollowTheCostOfElementsAndTensors) {
+  const PlanLimits limits{2048, 1 << 15, 2048};
+  // The list shapes of the GPU benchmark's tiny-tensor cases.
+  EXPECT_EQ(plan_units(std::vector<int64_t>(5000, 3), limits).units, (5000 * (3 + 2048) + 32767) / 32768);
+  EXPECT_EQ(plan_units(std::vector<int64_t>(2040, 1), limits).units, (2040 * 2049 + 32767) / 32768);
+  EXPECT_EQ(plan_units(std::vector<int64_t>(20000, 64), limits).units, (20000 * 2112 + 32767) / 32768);
+  std::vector<int64_t> big_then_tiny(2001, 1);
+  big_then_tiny[0] = 100000000;
+  EXPECT_EQ(plan_units(big_then_tiny, limits).units, 2048);
+  EXPECT_EQ(plan_units({1}, limits).units, 1);
+}
+
+TEST(Plan, UnitsSkipEmptyTensorsAndRecordEnds) {
+  const Plan plan = plan_units({0, 5, 0, 0, 3, 0}, PlanLimits{0, 4, 16});
+  EXPECT_EQ(plan.tensors, (std::vector<int64_t>{1, 4}));
+  EXPECT_EQ(plan.ends, (std::vector<int64_t>{5, 8}));
+  EXPECT_EQ(plan.units, 2);
+  const Plan none = plan_units({0, 0}, PlanLimits{1, 4, 4});
+  EXPECT_TRUE(none.tensors.empty());
+  EXPECT_EQ(none.units, 0);
 }
 
 TEST(Plan, HandlesTensorsBeyond32BitSizesOnPaper) {
   const int64_t huge = (int64_t{1} << 33) + 12345;  // 8.6e9 elements
-  const std::vector<int64_t> numels = {huge, 3, huge};
-  const PlanLimits limits{2040, 1 << 20, 528};
-  const Plan plan = plan_launches(numels, limits);
-  expect_exact_cover(numels, plan, limits);
-  const Launch& l = plan.launches.at(0);
-  EXPECT_EQ(l.elements, 2 * huge + 3);
-  EXPECT_EQ(l.blocks, 528);
-  // Block ranges straddle the tensor boundaries and still tile the whole span.
-  const std::vector<int64_t> ends = {huge, huge + 3, 2 * huge + 3};
-  int64_t covered = 0;
-  for (int64_t b = 0; b < l.blocks; ++b) {
-    const int64_t begin = split_point(l.elements, l.blocks, b);
-    const int64_t end = split_point(l.elements, l.blocks, b + 1);
-    EXPECT_EQ(begin, covered);
-    EXPECT_GT(end, begin);
-    EXPECT_LT(find_segment(ends.data(), 3, begin), 3);
-    covered = end;
-  }
-  EXPECT_EQ(covered, l.elements);
-  EXPECT_EQ(find_segment(ends.data(), 3, huge - 1), 0);
-  EXPECT_EQ(find_segment(ends.data(), 3, huge), 1);
-  EXPECT_EQ(find_segment(ends.data(), 3, huge + 3), 2);
+  const Plan plan = plan_units({huge, 3, huge}, PlanLimits{2048, 1 << 20, 528});
+  EXPECT_EQ(plan.ends, (std::vector<int64_t>{huge, huge + 3, 2 * huge + 3}));
+  EXPECT_EQ(plan.units, 528);
+  expect_tiles_in_order(plan.ends, 2048, plan.units);
 }
 
-TEST(Plan, RejectsNonPositiveLimits) {
-  EXPECT_THROW(plan_launches({1}, PlanLimits{0, 1, 1}), std::invalid_argument);
+TEST(Plan, GridIsTheResidentBlocksAtMostOnePerUnit) {
+  EXPECT_EQ(grid_size(2048, 132, 4), 528);
+  EXPECT_EQ(grid_size(2048, 132, 2), 264);
+  EXPECT_EQ(grid_size(100, 132, 4), 100);
+  EXPECT_EQ(grid_size(1, 1, 0), 1);
+  EXPECT_EQ(grid_size(5, 0, 4), 1);
+}
+
+TEST(Plan, RejectsBadLimits) {
+  EXPECT_THROW(plan_units({1}, PlanLimits{0, 0, 1}), std::invalid_argument);
+  EXPECT_THROW(plan_units({1}, PlanLimits{0, 1, 0}), std::invalid_argument);
+  EXPECT_THROW(plan_units({1}, PlanLimits{-1, 1, 1}), std::invalid_argument);
 }
 
 }  // namespace
