@@ -9,6 +9,8 @@ Workloads (targets: docs/semantics.md, "Performance targets"):
   (b) the same in bfloat16
   (c) 2,000 tensors of 1K-16K float32 elements
   (d) (c) inside a captured CUDA graph (replay time)
+  (e) lists of tiny tensors (5,000 x 3, 2,040 x 1, 1e8 + 2,000 x 1, 20,000 x 64 fp32) in a
+      CUDA graph, against one tensor of the same elements: target 2x its time + 10 us
 Roofline: a device-to-device copy of 4 GiB, counting bytes read plus bytes written.
 
 Timing (toolkit.py): the candidates are called in turn each round, after warm-ups.
@@ -191,8 +193,46 @@ def bench_graph(title: str, ts: list[torch.Tensor], dev: Device, budget_s: float
     return row(title, ts, t)
 
 
-def run(dev: Device, budget_s: float) -> tuple[list[Row], float, str]:
-    """Every row, the copy roofline and the float64-cost line."""
+TINY_SHAPES = {
+    "5,000 x 3": [3] * 5_000,
+    "2,040 x 1": [1] * 2_040,
+    "1e8 + 2,000 x 1": [100_000_000] + [1] * 2_000,
+    "20,000 x 64": [64] * 20_000,
+}
+
+
+def tiny_table(dev: Device, budget_s: float) -> str:
+    """(e): each list against one tensor of its element count, both replayed from a graph
+    (called directly in a smoke run); target: within 2x of the one tensor + 10 us."""
+    replay = (lambda fn: fn) if dev.smoke else graph_of
+    cells = []
+    for title, sizes in TINY_SHAPES.items():
+        if dev.smoke:
+            sizes = [min(n, 10_000) for n in sizes[:200]]
+        ts = make([(n,) for n in sizes], torch.float32, dev.name)
+        one = [torch.cat(ts)]
+        check(ts)
+        t = toolkit.time_interleaved(
+            {
+                "list": replay(lambda: totalnorm.total_norm(ts)),
+                "one": replay(lambda: totalnorm.total_norm(one)),
+                "torch": replay(lambda: torch.nn.utils.get_total_norm(ts)),
+            },
+            budget_s,
+            warmups=3,
+            clock=dev.device_clock,
+        )
+        bound = 2 * t["one"].median + 10e-6
+        cells.append([dev.label, f"(e) {title}", len(ts), f"{t['list'].median * 1e6:.1f}",
+                      f"{t['one'].median * 1e6:.1f}", f"{t['torch'].median * 1e6:.1f}", f"{bound * 1e6:.1f}",
+                      toolkit.met_cell(t["list"].median <= bound)])
+        del ts, one
+    header = ["machine", "workload", "tensors", "list us", "one tensor us", "torch list us", "target us", "met"]
+    return toolkit.markdown_table(header, cells, align="llrrrrrl")
+
+
+def run(dev: Device, budget_s: float) -> tuple[list[Row], float, str, str]:
+    """Every row, the copy roofline, the float64-cost line and the tiny-list table."""
     copy = copy_gbps(dev, budget_s)
     large = dict(setup=dev.flush, clock=dev.device_clock)
     shapes = transformer_shapes(d=64, layers=2, vocab=500, mlp=176) if dev.smoke else transformer_shapes()
@@ -217,7 +257,7 @@ def run(dev: Device, budget_s: float) -> tuple[list[Row], float, str]:
     rows.append(bench_clip("(c) clip, wall/call", ts, budget_s, clock=dev.wall_clock))
     if not dev.smoke:
         rows.append(bench_graph("(d) (c) in a CUDA graph, replay", ts, dev, budget_s))
-    return rows, copy, inf_line
+    return rows, copy, inf_line, tiny_table(dev, budget_s)
 
 
 def results_table(rows: list[Row], machine: str) -> str:
@@ -253,7 +293,7 @@ LEGEND = (
 )
 
 
-def section(rows: list[Row], copy: float, inf_line: str, dev: Device) -> str:
+def section(rows: list[Row], copy: float, inf_line: str, tiny: str, dev: Device) -> str:
     if dev.smoke:
         about = f"torch {torch.__version__}; {datetime.date.today().isoformat()}."
     else:
@@ -269,6 +309,7 @@ def section(rows: list[Row], copy: float, inf_line: str, dev: Device) -> str:
         LEGEND,
         roofline_table(rows, dev.label),
         inf_line,
+        tiny,
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -284,8 +325,8 @@ def main() -> None:
         parser.error("--smoke numbers are not results: give --write another file")
 
     dev = smoke_device() if args.smoke else cuda_device()
-    rows, copy, inf_line = run(dev, 0.05 if args.smoke else args.budget)
-    text = section(rows, copy, inf_line, dev)
+    rows, copy, inf_line, tiny = run(dev, 0.05 if args.smoke else args.budget)
+    text = section(rows, copy, inf_line, tiny, dev)
     if args.out:
         args.out.write_text(text)
     toolkit.publish(text, args.write, heading_prefix=dev.key)
