@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: builds the library and the GoogleTest suite with CMake (the
-# CUDA backend too when nvcc is present, compiled for sm_90 and linked even
-# without a GPU), installs the Python package from the same build tree, builds
+# CUDA backend too when nvcc is present, compiled for every architecture of
+# TOTALNORM_CUDA_ARCHS and linked even without a GPU), installs the Python
+# package from the same build tree, builds
 # a wheel from it, then runs ctest and pytest, and last the sanitizer build
 # (scripts/sanitize.sh; TOTALNORM_SANITIZE=0 skips it). Exits non-zero when any
 # test fails; prints how long each part took.
