@@ -28,6 +28,7 @@
 #include <cuda_fp16.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -309,10 +310,14 @@ Grouped group_by_storage(at::TensorList tensors, Order order) {
   for (const auto& t : tensors) {
     if (t.numel() == 0) continue;
     // The kernels load typed values: layouts with gaps and misaligned starts are read from a copy.
-    const bool in_place = t.is_non_overlapping_and_dense() && is_aligned(t);
-    const at::Tensor& dense = in_place ? t : g.copies.emplace_back(t.clone(at::MemoryFormat::Contiguous));
     const Elem s = storage_of(t.scalar_type(), order);
     const bool as_pairs = t.is_complex() && (s == Elem::Float || s == Elem::Double);
+    // The kernels load whole storage elements (a complex number read as one is
+    // 8 or 16 bytes), so the start must be aligned to one.
+    const size_t storage_bytes = c10::elementSize(as_pairs ? c10::toRealValueType(t.scalar_type()) : t.scalar_type());
+    const bool in_place = t.is_non_overlapping_and_dense() &&
+                          reinterpret_cast<uintptr_t>(t.const_data_ptr()) % storage_bytes == 0;
+    const at::Tensor& dense = in_place ? t : g.copies.emplace_back(t.clone(at::MemoryFormat::Contiguous));
     auto& spans = g.spans[static_cast<size_t>(s)];
     spans.data.push_back(dense.const_data_ptr());
     spans.numels.push_back(dense.numel() * (as_pairs ? 2 : 1));
@@ -332,6 +337,18 @@ class TableCache {
     return *cache;
   }
 
+  // Frees the tables of graphs destroyed since the last call (cheap when there are none).
+  void release_dead() {
+    if (!has_dead_.load(std::memory_order_acquire)) return;
+    std::vector<Upload*> dead;
+    {
+      const std::lock_guard<std::mutex> lock(dead_mutex_);
+      dead.swap(dead_);
+      has_dead_.store(false, std::memory_order_release);
+    }
+    for (Upload* up : dead) delete up;
+  }
+
   // The device copy of `host` (ends, then data pointers) for launches on the
   // current stream. The caller holds the returned tensor until its launch is
   // enqueued (another thread may evict the entry meanwhile).
@@ -343,18 +360,30 @@ class TableCache {
     cudaGraph_t graph = nullptr;
     C10_CUDA_CHECK(cudaStreamGetCaptureInfo(stream, &status, &capture_id, &graph));
     if (status == cudaStreamCaptureStatusActive) return held_by_graph(upload(host, device), graph);
-    const std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if (it->device == device.index() && it->stream == stream && it->key == host) {
-        entries_.splice(entries_.begin(), entries_, it);
-        return entries_.front().table;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (it->device == device.index() && it->stream == stream && it->key == host) {
+          entries_.splice(entries_.begin(), entries_, it);
+          return entries_.front().table;
+        }
       }
     }
-    entries_.push_front(Entry{device.index(), stream, host, upload(host, device).table});
-    // An evicted table goes back to the caching allocator, to be reused in the
-    // order of the stream it was made on, after the launches that read it.
-    if (entries_.size() > kCapacity) entries_.pop_back();
-    return entries_.front().table;
+    // Uploaded outside the lock (allocations may take other locks, the GIL
+    // among them); two threads missing on the same list both upload, harmlessly.
+    at::Tensor table = upload(host, device).table;
+    at::Tensor evicted;  // released after the lock: freeing may take the allocator's lock
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      entries_.push_front(Entry{device.index(), stream, host, table});
+      // An evicted table goes back to the caching allocator, to be reused in the
+      // order of the stream it was made on, after the launches that read it.
+      if (entries_.size() > kCapacity) {
+        evicted = std::move(entries_.back().table);
+        entries_.pop_back();
+      }
+    }
+    return table;
   }
 
  private:
@@ -405,26 +434,20 @@ class TableCache {
     TableCache& cache = instance();
     const std::lock_guard<std::mutex> lock(cache.dead_mutex_);
     cache.dead_.push_back(static_cast<Upload*>(owned));
-  }
-
-  void release_dead() {
-    std::vector<Upload*> dead;
-    {
-      const std::lock_guard<std::mutex> lock(dead_mutex_);
-      dead.swap(dead_);
-    }
-    for (Upload* up : dead) delete up;
+    cache.has_dead_.store(true, std::memory_order_release);
   }
 
   std::mutex mutex_;
   std::list<Entry> entries_;  // most recently used first
   std::mutex dead_mutex_;
   std::vector<Upload*> dead_;
+  std::atomic<bool> has_dead_{false};
 };
 
 // The table of a plan's tensors, in the kernels' parameters or in a device
 // table, which `keep` holds until the launch is enqueued.
 TensorTable make_table(const Spans& spans, const Plan& plan, const c10::Device& device, at::Tensor& keep) {
+  TableCache::instance().release_dead();
   TensorTable table{};
   table.count = static_cast<int64_t>(plan.tensors.size());
   table.units = plan.units;
@@ -455,20 +478,24 @@ int64_t sm_count(const c10::Device& device) {
   return sms;
 }
 
-// Blocks of `kernel` resident on one SM, from the occupancy API, once per kernel.
+// Blocks of `kernel` resident on one SM of the current device, from the
+// occupancy API, once per kernel and device.
 template <auto kKernel>
-int64_t blocks_per_sm() {
-  static const int64_t n = [] {
-    int blocks = 0;
+int64_t blocks_per_sm(const c10::Device& device) {
+  static std::array<std::atomic<int>, 64> known{};  // 0: not asked yet
+  auto& slot = known.at(static_cast<size_t>(device.index()));
+  int blocks = slot.load(std::memory_order_relaxed);
+  if (blocks == 0) {
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, kThreads, 0));
-    return std::max(blocks, 1);
-  }();
-  return n;
+    blocks = std::max(blocks, 1);
+    slot.store(blocks, std::memory_order_relaxed);
+  }
+  return blocks;
 }
 
 template <auto kKernel>
 int64_t grid_for(const TensorTable& table, const c10::Device& device) {
-  return grid_size(table.units, sm_count(device), blocks_per_sm<kKernel>());
+  return grid_size(table.units, sm_count(device), blocks_per_sm<kKernel>(device));
 }
 
 template <Order O, class S>

@@ -233,9 +233,10 @@ def _kernel_names(fn):
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
-@pytest.mark.parametrize("count", [10, 65, 5000, 20000])
+@pytest.mark.parametrize("count", [10, 64, 65, 5000, 20000])
 def test_one_reduction_launch_per_dtype_whatever_the_tensor_count(count):
-    tensors = cuda_list([3 + i % 61 for i in range(count)], dtypes=(torch.float32, torch.bfloat16))
+    # `count` tensors of each dtype: 64 travel in the kernel's parameters, 65 in a device table.
+    tensors = cuda_list([3 + i % 61 for i in range(2 * count)], dtypes=(torch.float32, torch.bfloat16))
     totalnorm.total_norm(tensors)  # the first call of a long list uploads its device table
     names = _kernel_names(lambda: totalnorm.total_norm(tensors))
     # docs/semantics.md (Devices and tracing): one reduction per dtype and one merge,
@@ -280,6 +281,20 @@ def test_bits_do_not_depend_on_the_sm_count(p, monkeypatch):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert_bitwise_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("p", [1.0, 2.0, INF], ids=order_id)
+def test_complex_storage_aligned_to_its_part_only(dtype, p):
+    # A complex tensor starting half an element into its storage: aligned for its real
+    # parts, not for the complex loads the kernels use at p != 2 (which must copy it).
+    part = torch.float32 if dtype == torch.complex64 else torch.float64
+    raw = torch.randn(2 * 1001 + 1, dtype=part, device="cuda")
+    shifted = raw.untyped_storage()[raw.element_size():]  # the storage, one real part in
+    z = torch.empty(0, dtype=dtype, device="cuda").set_(shifted, 0, (1001,), (1,))
+    assert z.data_ptr() % z.element_size() != 0
+    assert torch.equal(torch.view_as_real(z).flatten(), raw[1:])
+    assert_norm(totalnorm.total_norm([z], p), [z], p)
 
 
 def test_graph_keeps_its_table_while_the_cache_turns_over():
