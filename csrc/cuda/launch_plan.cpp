@@ -25,6 +25,28 @@ Plan plan_units(const std::vector<int64_t>& numels, const PlanLimits& limits) {
   return plan;
 }
 
+std::vector<int64_t> encode_table(const Plan& plan, const std::vector<const void*>& data,
+                                  const std::vector<int64_t>& layout_of, const std::vector<Layout>& layouts,
+                                  bool* with_layouts) {
+  std::vector<int64_t> table(plan.ends);
+  for (int64_t i : plan.tensors) {
+    table.push_back(static_cast<int64_t>(reinterpret_cast<intptr_t>(data[static_cast<size_t>(i)])));
+  }
+  *with_layouts = std::any_of(plan.tensors.begin(), plan.tensors.end(),
+                              [&](int64_t i) { return layout_of[static_cast<size_t>(i)] >= 0; });
+  if (!*with_layouts) return table;
+  std::vector<int64_t> words;
+  for (int64_t i : plan.tensors) {
+    const int64_t index = layout_of[static_cast<size_t>(i)];
+    table.push_back(index < 0 ? -1 : static_cast<int64_t>(words.size()) / kLayoutWords);
+    if (index < 0) continue;
+    const auto* w = reinterpret_cast<const int64_t*>(&layouts[static_cast<size_t>(index)]);
+    words.insert(words.end(), w, w + kLayoutWords);
+  }
+  table.insert(table.end(), words.begin(), words.end());
+  return table;
+}
+
 int64_t grid_size(int64_t units, int64_t sms, int64_t blocks_per_sm) {
   const int64_t resident = std::max<int64_t>(1, sms * blocks_per_sm);
   return std::max<int64_t>(1, std::min(units, resident));

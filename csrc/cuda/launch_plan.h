@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "../strided.h"
+
 namespace totalnorm {
 
 struct PlanLimits {
@@ -29,6 +31,33 @@ struct Plan {
 };
 
 Plan plan_units(const std::vector<int64_t>& numels, const PlanLimits& limits);
+
+// A launch's table as the kernels read it from one int64 array: `count` ends,
+// `count` data pointers and, with layouts, `count` layout indices (-1: dense)
+// followed by the Layouts they index.
+struct TableView {
+  const int64_t* ends;
+  const void* const* data;
+  const int64_t* layout_of;  // null without layouts
+  const Layout* layouts;
+
+  TOTALNORM_HD static TableView of(const int64_t* table, int64_t count, bool with_layouts) {
+    return TableView{table, reinterpret_cast<const void* const*>(table + count),
+                     with_layouts ? table + 2 * count : nullptr,
+                     with_layouts ? reinterpret_cast<const Layout*>(table + 3 * count) : nullptr};
+  }
+  // The layout of tensor t, null for a dense one.
+  TOTALNORM_HD const Layout* layout(int64_t t) const {
+    return layout_of != nullptr && layout_of[t] >= 0 ? layouts + layout_of[t] : nullptr;
+  }
+};
+
+// The array TableView reads, for the plan's tensors: data[i] and layout_of[i]
+// (index into layouts, -1 for dense) of the i-th span the plan was made from.
+// with_layouts: whether any of them is strided (the array then has the layout part).
+std::vector<int64_t> encode_table(const Plan& plan, const std::vector<const void*>& data,
+                                  const std::vector<int64_t>& layout_of, const std::vector<Layout>& layouts,
+                                  bool* with_layouts);
 
 // Blocks to launch for `units` units: as many as are resident at once
 // (sms * blocks_per_sm, at least one), never more than there are units.

@@ -28,7 +28,9 @@
 #include <cuda_fp16.h>
 
 #include <array>
+#include <algorithm>
 #include <atomic>
+#include <optional>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -38,6 +40,7 @@
 #include "../checks.h"
 #include "../elements.h"
 #include "../plan.h"
+#include "../strided.h"
 #include "launch_plan.h"
 
 namespace totalnorm::cuda {
@@ -58,8 +61,12 @@ constexpr int kInline = 64;
 struct TensorTable {
   int64_t count;   // non-empty tensors
   int64_t units;   // units of the split, one partial each
-  const int64_t* ends;      // device table: `count` ends, then `count` data pointers; or
-  int64_t inline_ends[kInline];  // null, and these hold them
+  // Device table: `count` ends, `count` data pointers, and with_layouts: `count`
+  // layout indices (-1: dense) and the Layouts they index. Or null, and the
+  // inline arrays hold the ends and pointers of dense tensors.
+  const int64_t* ends;
+  int64_t with_layouts;
+  int64_t inline_ends[kInline];
   const void* inline_data[kInline];
 };
 static_assert(sizeof(TensorTable) <= 4096, "the table must fit the classic kernel-parameter limit");
@@ -134,17 +141,18 @@ __device__ Team team_for(int64_t elements, int64_t k) {
   return Team{warp == static_cast<int>(k % kWarps), static_cast<int>(threadIdx.x) % 32, 32};
 }
 
-// Calls visit(data, lo, hi, team) for each piece of unit u of the table's split.
+// Calls visit(data, layout, lo, hi, team) for each piece of unit u of the
+// table's split; layout is null for a dense tensor.
 template <class Visit>
 __device__ void for_each_unit_piece(const TensorTable& table, int64_t u, Visit&& visit) {
-  const int64_t* ends = table.ends != nullptr ? table.ends : table.inline_ends;
-  const void* const* data =
-      table.ends != nullptr ? reinterpret_cast<const void* const*>(table.ends + table.count) : table.inline_data;
+  const TableView view = table.ends != nullptr
+                              ? TableView::of(table.ends, table.count, table.with_layouts != 0)
+                              : TableView{table.inline_ends, table.inline_data, nullptr, nullptr};
   int64_t k = 0;
-  totalnorm::for_each_weighted_piece(ends, table.count, kLimits.tensor_cost, table.units, u,
+  totalnorm::for_each_weighted_piece(view.ends, table.count, kLimits.tensor_cost, table.units, u,
                                      [&](int64_t t, int64_t lo, int64_t hi) {
                                        const Team team = team_for(hi - lo, k++);
-                                       if (team.member) visit(data[t], lo, hi, team);
+                                       if (team.member) visit(view.data[t], view.layout(t), lo, hi, team);
                                      });
 }
 
@@ -173,6 +181,15 @@ __device__ void visit_slice(S* data, int64_t lo, int64_t hi, Team team, OnElemen
   }
   for (; v < vectors; v += stride) on_vector(vec + v, load(vec + v));
   for (int64_t i = body + vectors * kVec + team.rank; i < hi; i += stride) on_element(data + i);
+}
+
+// visit_slice for a dense piece; a strided one (layout) element by element, in
+// logical order, like the contiguous copy it replaces.
+template <class S, bool kReadOnly, class OnElement, class OnVector>
+__device__ void visit_piece(S* data, const Layout* layout, int64_t lo, int64_t hi, Team team,
+                            OnElement&& on_element, OnVector&& on_vector) {
+  if (layout == nullptr) return visit_slice<S, kReadOnly>(data, lo, hi, team, on_element, on_vector);
+  for (int64_t i = lo + team.rank; i < hi; i += team.size) on_element(data + offset_of(*layout, i));
 }
 
 template <Order O, class S>
@@ -208,9 +225,9 @@ __global__ void __launch_bounds__(kThreads)
         acc = Op::combine(acc, term);
       }
     };
-    for_each_unit_piece(table, u, [&](const void* data, int64_t lo, int64_t hi, Team team) {
-      visit_slice<S, true>(
-          static_cast<S*>(const_cast<void*>(data)), lo, hi, team,
+    for_each_unit_piece(table, u, [&](const void* data, const Layout* layout, int64_t lo, int64_t hi, Team team) {
+      visit_piece<S, true>(
+          static_cast<S*>(const_cast<void*>(data)), layout, lo, hi, team,
           [&](const S* x) { add_term(contribution<O>(*x, p)); },
           [&](const uint4*, const uint4& raw) {
             S elems[16 / sizeof(S)];
@@ -268,9 +285,9 @@ __global__ void __launch_bounds__(kThreads)
   const opmath c = static_cast<opmath>(static_cast<T>(*coef));
   auto scale = [c](T& x) { x = static_cast<T>(static_cast<opmath>(x) * c); };
   for (int64_t u = blockIdx.x; u < table.units; u += gridDim.x) {
-    for_each_unit_piece(table, u, [&](const void* data, int64_t lo, int64_t hi, Team team) {
-      visit_slice<T, false>(
-          static_cast<T*>(const_cast<void*>(data)), lo, hi, team, [&](T* x) { scale(*x); },
+    for_each_unit_piece(table, u, [&](const void* data, const Layout* layout, int64_t lo, int64_t hi, Team team) {
+      visit_piece<T, false>(
+          static_cast<T*>(const_cast<void*>(data)), layout, lo, hi, team, [&](T* x) { scale(*x); },
           [&](uint4* at, uint4 raw) {
             T elems[16 / sizeof(T)];
             memcpy(elems, &raw, sizeof(raw));
@@ -288,7 +305,23 @@ __global__ void __launch_bounds__(kThreads)
 struct Spans {
   std::vector<const void*> data;
   std::vector<int64_t> numels;
+  std::vector<int64_t> layout_of;  // index into layouts, -1 for a dense span
+  std::vector<Layout> layouts;
+
+  void add(const void* d, int64_t n, const Layout* layout) {
+    data.push_back(d);
+    numels.push_back(n);
+    layout_of.push_back(layout != nullptr ? static_cast<int64_t>(layouts.size()) : -1);
+    if (layout != nullptr) layouts.push_back(*layout);
+  }
 };
+
+// The strided layout of a non-dense tensor the kernels can walk in place.
+std::optional<Layout> layout_of(const at::Tensor& t) {
+  Layout layout{};
+  if (!collapse_layout(t.sizes().data(), t.strides().data(), t.dim(), &layout)) return std::nullopt;
+  return layout;
+}
 
 // Where a tensor's elements go: p = 2 reads complex numbers as real pairs.
 Elem storage_of(at::ScalarType t, Order order) {
@@ -309,18 +342,27 @@ Grouped group_by_storage(at::TensorList tensors, Order order) {
   Grouped g;
   for (const auto& t : tensors) {
     if (t.numel() == 0) continue;
-    // The kernels load typed values: layouts with gaps and misaligned starts are read from a copy.
     const Elem s = storage_of(t.scalar_type(), order);
     const bool as_pairs = t.is_complex() && (s == Elem::Float || s == Elem::Double);
     // The kernels load whole storage elements (a complex number read as one is
     // 8 or 16 bytes), so the start must be aligned to one.
     const size_t storage_bytes = c10::elementSize(as_pairs ? c10::toRealValueType(t.scalar_type()) : t.scalar_type());
-    const bool in_place = t.is_non_overlapping_and_dense() &&
-                          reinterpret_cast<uintptr_t>(t.const_data_ptr()) % storage_bytes == 0;
-    const at::Tensor& dense = in_place ? t : g.copies.emplace_back(t.clone(at::MemoryFormat::Contiguous));
+    const bool aligned = reinterpret_cast<uintptr_t>(t.const_data_ptr()) % storage_bytes == 0;
     auto& spans = g.spans[static_cast<size_t>(s)];
-    spans.data.push_back(dense.const_data_ptr());
-    spans.numels.push_back(dense.numel() * (as_pairs ? 2 : 1));
+    if (aligned && t.is_non_overlapping_and_dense()) {
+      spans.add(t.const_data_ptr(), t.numel() * (as_pairs ? 2 : 1), nullptr);
+      continue;
+    }
+    // Layouts with gaps (or repeats) are walked in place; complex numbers read as
+    // real pairs, misaligned starts and layouts of more than kMaxDims
+    // dimensions are read from a contiguous copy.
+    const std::optional<Layout> layout = aligned && !as_pairs ? layout_of(t) : std::nullopt;
+    if (layout) {
+      spans.add(t.const_data_ptr(), t.numel(), &*layout);
+      continue;
+    }
+    const at::Tensor& dense = g.copies.emplace_back(t.clone(at::MemoryFormat::Contiguous));
+    spans.add(dense.const_data_ptr(), dense.numel() * (as_pairs ? 2 : 1), nullptr);
   }
   return g;
 }
@@ -451,7 +493,9 @@ TensorTable make_table(const Spans& spans, const Plan& plan, const c10::Device& 
   TensorTable table{};
   table.count = static_cast<int64_t>(plan.tensors.size());
   table.units = plan.units;
-  if (table.count <= kInline) {
+  bool strided = false;
+  std::vector<int64_t> host = encode_table(plan, spans.data, spans.layout_of, spans.layouts, &strided);
+  if (table.count <= kInline && !strided) {
     for (int64_t k = 0; k < table.count; ++k) {
       table.inline_ends[k] = plan.ends[k];
       table.inline_data[k] = spans.data[plan.tensors[k]];
@@ -459,8 +503,7 @@ TensorTable make_table(const Spans& spans, const Plan& plan, const c10::Device& 
     table.ends = nullptr;
     return table;
   }
-  std::vector<int64_t> host(plan.ends);
-  for (int64_t i : plan.tensors) host.push_back(static_cast<int64_t>(reinterpret_cast<intptr_t>(spans.data[i])));
+  table.with_layouts = strided ? 1 : 0;
   keep = TableCache::instance().get(host, device);
   table.ends = keep.const_data_ptr<int64_t>();
   return table;
@@ -618,21 +661,25 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
   check_coef("scale_", coef, tensors[0].device());
   const c10::cuda::CUDAGuard guard(coef.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // Dense real gradients by element type; torch's own mul_ takes layouts with
-  // gaps, misaligned starts, 0-dim gradients (multiplied in the promotion of both dtypes) and
-  // complex ones (multiplied by the complex number (coef, 0): inf * 0 is NaN in both parts).
+  // Real gradients by element type, dense or strided without shared elements;
+  // torch's own mul_ takes misaligned starts, layouts of more than kMaxDims
+  // dimensions or that may share elements, 0-dim gradients (multiplied in the
+  // promotion of both dtypes) and complex ones (multiplied by the complex number
+  // (coef, 0): inf * 0 is NaN in both parts).
   std::array<Spans, kElemCount> spans;
   std::array<at::ScalarType, kElemCount> dtypes{};
   for (const auto& t : tensors) {
     if (t.numel() == 0) continue;
-    if (!t.is_non_overlapping_and_dense() || !is_aligned(t) || t.dim() == 0 || t.is_complex()) {
+    const bool dense = t.is_non_overlapping_and_dense();
+    std::optional<Layout> layout = dense ? std::nullopt : layout_of(t);
+    if (layout && !is_non_overlapping(*layout)) layout.reset();  // blocks would race on shared elements
+    if (!is_aligned(t) || t.dim() == 0 || t.is_complex() || (!dense && !layout)) {
       t.mul_(coef);
       continue;
     }
     const auto k = static_cast<size_t>(elem_of(t.scalar_type()).value());
     dtypes[k] = t.scalar_type();
-    spans[k].data.push_back(t.data_ptr());
-    spans[k].numels.push_back(t.numel());
+    spans[k].add(t.data_ptr(), t.numel(), layout ? &*layout : nullptr);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "totalnorm_scale_coef", [&] {
     using coef_t = scalar_t;

@@ -1,6 +1,7 @@
 // The work split (plan.h): what each block of the CPU and CUDA kernels reads;
 // the CUDA backend's launches (cuda/launch_plan.h).
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <numeric>
@@ -10,6 +11,7 @@
 
 #include "cuda/launch_plan.h"
 #include "plan.h"
+#include "strided.h"
 
 namespace totalnorm {
 namespace {
@@ -180,6 +182,110 @@ TEST(Plan, GridIsTheResidentBlocksAtMostOnePerUnit) {
   EXPECT_EQ(grid_size(100, 132, 4), 100);
   EXPECT_EQ(grid_size(1, 1, 0), 1);
   EXPECT_EQ(grid_size(5, 0, 4), 1);
+}
+
+// offset_of(collapse_layout(view)) walks a strided view in logical order:
+// element i of view.flatten() lives at storage offset offset_of(layout, i).
+void expect_layout_walks_view(const at::Tensor& base, const at::Tensor& view) {
+  SCOPED_TRACE(::testing::Message() << "sizes " << view.sizes() << " strides " << view.strides());
+  Layout layout{};
+  ASSERT_TRUE(collapse_layout(view.sizes().data(), view.strides().data(), view.dim(), &layout));
+  ASSERT_LE(layout.dims, kMaxDims);
+  // base holds 0, 1, 2, ...: a view's values are its elements' storage offsets.
+  const at::Tensor offsets = view.flatten().contiguous();
+  const int64_t start = view.storage_offset() - base.storage_offset();
+  for (int64_t i = 0; i < view.numel(); ++i) {
+    ASSERT_EQ(start + offset_of(layout, i), offsets[i].item<int64_t>()) << "element " << i;
+  }
+}
+
+TEST(Strided, LayoutsWalkEveryViewInLogicalOrder) {
+  const at::Tensor base = at::arange(4 * 5 * 6 * 7, at::kLong);
+  const at::Tensor cube = base.view({4, 5, 6, 7});
+  expect_layout_walks_view(base, cube);                                     // contiguous: one dimension
+  expect_layout_walks_view(base, cube.transpose(1, 3));                     // transposed
+  expect_layout_walks_view(base, cube.permute({3, 1, 0, 2}));               // any order
+  expect_layout_walks_view(base, cube.slice(3, 1, 6, 2));                   // gaps
+  expect_layout_walks_view(base, cube.slice(0, 1, 3).slice(2, 2, 5));       // offset and gaps
+  expect_layout_walks_view(base, cube.select(1, 3).transpose(0, 2));       // fewer dims
+  expect_layout_walks_view(base, cube.unsqueeze(2).slice(4, 0, 7, 3));      // a size-1 dimension
+  expect_layout_walks_view(base, base.slice(0, 5, 6));                      // one element
+  expect_layout_walks_view(base, base.as_strided({3, 4}, {1, 7}, 2));       // arbitrary strides
+}
+
+TEST(Strided, CollapseMergesContinuingDimensionsAndRefusesTooMany) {
+  Layout layout{};
+  const int64_t sizes[] = {2, 1, 3, 4};
+  const int64_t strides[] = {12, 99, 4, 1};  // contiguous apart from the size-1 dimension
+  ASSERT_TRUE(collapse_layout(sizes, strides, 4, &layout));
+  EXPECT_EQ(layout.dims, 1);
+  EXPECT_EQ(layout.sizes[0], 24);
+  EXPECT_EQ(layout.strides[0], 1);
+  const int64_t many_sizes[] = {2, 2, 2, 2, 2, 2, 2};
+  const int64_t many_strides[] = {1000, 300, 100, 30, 10, 3, 1};  // no two dimensions continue each other
+  EXPECT_FALSE(collapse_layout(many_sizes, many_strides, 7, &layout));
+  EXPECT_TRUE(collapse_layout(many_sizes + 1, many_strides + 1, 6, &layout));
+  EXPECT_EQ(layout.dims, 6);
+}
+
+// What the kernels read back from an encoded table is what the plan and spans say.
+TEST(Plan, EncodedTablesDecodeToEveryTensorsDataAndLayout) {
+  int storage[8] = {};
+  const std::vector<const void*> data = {storage, storage + 1, storage + 2, storage + 3, storage + 4};
+  const std::vector<int64_t> numels = {5, 0, 7, 3, 9};
+  Layout a{};
+  Layout b{};
+  const int64_t sa[] = {3, 4};
+  const int64_t ta[] = {1, 3};
+  const int64_t sb[] = {9};
+  const int64_t tb[] = {2};
+  ASSERT_TRUE(collapse_layout(sa, ta, 2, &a));
+  ASSERT_TRUE(collapse_layout(sb, tb, 1, &b));
+  const Plan plan = plan_units(numels, PlanLimits{2048, 1 << 15, 2048});
+  for (bool any_strided : {false, true}) {
+    SCOPED_TRACE(any_strided);
+    const std::vector<int64_t> layout_of = any_strided ? std::vector<int64_t>{-1, -1, 1, -1, 0}
+                                                       : std::vector<int64_t>{-1, -1, -1, -1, -1};
+    const std::vector<Layout> layouts = {b, a};
+    bool with_layouts = !any_strided;
+    const std::vector<int64_t> table = encode_table(plan, data, layout_of, layouts, &with_layouts);
+    EXPECT_EQ(with_layouts, any_strided);
+    const auto count = static_cast<int64_t>(plan.tensors.size());
+    const TableView view = TableView::of(table.data(), count, with_layouts);
+    for (int64_t k = 0; k < count; ++k) {
+      const auto i = static_cast<size_t>(plan.tensors[static_cast<size_t>(k)]);
+      EXPECT_EQ(view.ends[k], plan.ends[static_cast<size_t>(k)]);
+      EXPECT_EQ(view.data[k], data[i]);
+      const Layout* got = view.layout(k);
+      if (layout_of[i] < 0) {
+        EXPECT_EQ(got, nullptr);
+        continue;
+      }
+      ASSERT_NE(got, nullptr);
+      const Layout& want = layouts[static_cast<size_t>(layout_of[i])];
+      EXPECT_EQ(got->dims, want.dims);
+      for (int64_t e = 0; e < numels[i]; ++e) EXPECT_EQ(offset_of(*got, e), offset_of(want, e));
+    }
+  }
+}
+
+TEST(Strided, NonOverlapIsProvedOnlyWhereNoElementIsShared) {
+  const at::Tensor base = at::arange(200, at::kLong);
+  auto proves = [&](const at::Tensor& view) {
+    Layout layout{};
+    EXPECT_TRUE(collapse_layout(view.sizes().data(), view.strides().data(), view.dim(), &layout));
+    const bool distinct = std::get<0>(at::_unique(view.flatten())).numel() == view.numel();
+    const bool proved = is_non_overlapping(layout);
+    EXPECT_TRUE(!proved || distinct) << view.sizes() << " " << view.strides();  // never claims a false non-overlap
+    return proved;
+  };
+  EXPECT_TRUE(proves(base.view({10, 20}).slice(1, 0, 20, 3)));
+  EXPECT_TRUE(proves(base.view({10, 20}).t().slice(0, 2, 9)));
+  EXPECT_TRUE(proves(base.as_strided({4, 5}, {1, 8})));       // interleaved, no overlap
+  EXPECT_FALSE(proves(base.slice(0, 0, 4).expand({3, 4})));   // stride 0
+  EXPECT_FALSE(proves(base.as_strided({3, 4}, {1, 1})));      // rows share elements
+  EXPECT_FALSE(proves(base.as_strided({3, 4}, {3, 1})));      // the last of a row is the first of the next
+  EXPECT_TRUE(proves(base.as_strided({3, 4}, {4, 1})));       // contiguous
 }
 
 TEST(Plan, RejectsBadLimits) {

@@ -248,9 +248,41 @@ def test_one_reduction_launch_per_dtype_whatever_the_tensor_count(count):
 
 def test_clip_scales_in_one_launch_per_dtype():
     grads = cuda_list([1 + i % 97 for i in range(6000)], dtypes=(torch.float32, torch.float16))
-    totalnorm.clip_grad_norm_(grads, 1e-3)
+    torch.ops.totalnorm.clip_grad_norm_(grads, 1e-3, 2.0, False)  # uploads the table
     names = _kernel_names(lambda: torch.ops.totalnorm.clip_grad_norm_(grads, 1e-3, 2.0, False))
     assert sum("scale_kernel" in n for n in names) == 2, names
+
+
+def test_strided_gradients_add_no_launch():
+    base = cuda_list([4096] * 300, dtypes=(torch.float32, torch.float16))
+    grads = [b.view(64, 64)[::2, 1::3] if i % 2 else b.view(64, 64).t() for i, b in enumerate(base)]
+    assert not grads[1].is_contiguous() and not grads[1].is_non_overlapping_and_dense()
+    torch.ops.totalnorm.clip_grad_norm_(grads, 1e9, 2.0, False)  # uploads the tables
+    norm_kernels = _kernel_names(lambda: totalnorm.total_norm(grads))
+    clip_kernels = _kernel_names(lambda: torch.ops.totalnorm.clip_grad_norm_(grads, 1e-3, 2.0, False))
+    ours = ("reduce_kernel", "fold_kernel", "scale_kernel")
+    # No copy of a strided gradient to read it, no torch mul_ to scale it.
+    assert all(any(k in n for k in ours) for n in norm_kernels), norm_kernels
+    assert all(any(k in n for k in ours) for n in clip_kernels), clip_kernels
+    assert sum("scale_kernel" in n for n in clip_kernels) == 2, clip_kernels
+    assert_norm(totalnorm.total_norm(grads), grads, 2.0)
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, INF, 3.0], ids=order_id)
+def test_strided_clip_equals_torch_bit_for_bit(p):
+    base = cuda_list([4096] * 40, dtypes=(torch.float32, torch.bfloat16, torch.float16))
+    ours = [b.view(64, 64)[1::2, ::3] for b in base]
+    theirs_base = [b.clone() for b in base]
+    theirs = []
+    for b in theirs_base:  # parameters whose grads are the same strided views
+        param = torch.nn.Parameter(torch.empty(32, 22, dtype=b.dtype, device="cuda"))
+        param.grad = b.view(64, 64)[1::2, ::3]
+        theirs.append(param)
+    max_norm = float(totalnorm.total_norm(ours, p)) / 3
+    total = totalnorm.clip_grad_norm_(ours, max_norm, p)
+    torch.nn.utils.clip_grads_with_norm_(theirs, max_norm, total)
+    for a, b in zip(base, theirs_base):  # the gaps stay untouched, the elements match torch
+        assert_bitwise_equal(a, b)
 
 
 # The shapes that serialised in one block before the split counted tensors as well as elements.
