@@ -2,7 +2,8 @@
 // Strided layouts the CUDA kernels read (and scale) in place, so that a
 // gradient with gaps in its layout costs no copy and no launch of its own.
 // Elements are visited in logical (row-major) order, the order of the
-// contiguous copy they replace, so the result has the copy's bits. Plain C++,
+// contiguous copy they replace (ops_cuda.cu's visit_piece also groups them as
+// it would group the copy's, so the norm has the copy's bits). Plain C++,
 // shared by host and device code and unit-tested on the CPU (test_plan.cpp).
 
 #include <cstdint>

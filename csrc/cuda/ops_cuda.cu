@@ -55,19 +55,23 @@ constexpr PlanLimits kLimits{/*tensor_cost=*/2048, /*per_unit=*/1 << 15, /*max_u
 // A piece of at least this many elements is read by the whole block; a smaller
 // one by one warp.
 constexpr int64_t kBlockPiece = 2048;
-// Tensors whose table travels in the kernel's parameters; beyond, a device table.
+// Tensors whose table travels in the kernel's parameters, and strided layouts
+// among them; beyond either, a device table.
 constexpr int kInline = 64;
+constexpr int kInlineLayouts = 16;
 
 struct TensorTable {
   int64_t count;   // non-empty tensors
   int64_t units;   // units of the split, one partial each
-  // Device table: `count` ends, `count` data pointers, and with_layouts: `count`
-  // layout indices (-1: dense) and the Layouts they index. Or null, and the
-  // inline arrays hold the ends and pointers of dense tensors.
+  // Device table (TableView): `count` ends, `count` data pointers, and
+  // with_layouts: `count` layout indices (-1: dense) and the Layouts they
+  // index. Or null, and the inline arrays hold the same.
   const int64_t* ends;
   int64_t with_layouts;
   int64_t inline_ends[kInline];
   const void* inline_data[kInline];
+  int64_t inline_layout_of[kInline];
+  Layout inline_layouts[kInlineLayouts];
 };
 static_assert(sizeof(TensorTable) <= 4096, "the table must fit the classic kernel-parameter limit");
 
@@ -145,9 +149,11 @@ __device__ Team team_for(int64_t elements, int64_t k) {
 // table's split; layout is null for a dense tensor.
 template <class Visit>
 __device__ void for_each_unit_piece(const TensorTable& table, int64_t u, Visit&& visit) {
-  const TableView view = table.ends != nullptr
-                              ? TableView::of(table.ends, table.count, table.with_layouts != 0)
-                              : TableView{table.inline_ends, table.inline_data, nullptr, nullptr};
+  const TableView view =
+      table.ends != nullptr
+          ? TableView::of(table.ends, table.count, table.with_layouts != 0)
+          : TableView{table.inline_ends, table.inline_data, table.with_layouts ? table.inline_layout_of : nullptr,
+                      table.inline_layouts};
   int64_t k = 0;
   totalnorm::for_each_weighted_piece(view.ends, table.count, kLimits.tensor_cost, table.units, u,
                                      [&](int64_t t, int64_t lo, int64_t hi) {
@@ -183,13 +189,34 @@ __device__ void visit_slice(S* data, int64_t lo, int64_t hi, Team team, OnElemen
   for (int64_t i = body + vectors * kVec + team.rank; i < hi; i += stride) on_element(data + i);
 }
 
-// visit_slice for a dense piece; a strided one (layout) element by element, in
-// logical order, like the contiguous copy it replaces.
+// visit_slice for a dense piece. A strided one (layout) is walked in logical
+// order: scaled element by element, and read in the groups visit_slice would
+// make of a contiguous copy (which starts 16-byte aligned), each group handed
+// to on_vector as one 16-byte value, so the norm has the copy's bits.
 template <class S, bool kReadOnly, class OnElement, class OnVector>
 __device__ void visit_piece(S* data, const Layout* layout, int64_t lo, int64_t hi, Team team,
                             OnElement&& on_element, OnVector&& on_vector) {
   if (layout == nullptr) return visit_slice<S, kReadOnly>(data, lo, hi, team, on_element, on_vector);
-  for (int64_t i = lo + team.rank; i < hi; i += team.size) on_element(data + offset_of(*layout, i));
+  auto at = [&](int64_t i) { return data + offset_of(*layout, i); };
+  if constexpr (!kReadOnly) {
+    for (int64_t i = lo + team.rank; i < hi; i += team.size) on_element(at(i));
+  } else {
+    constexpr int64_t kVec = 16 / sizeof(S);
+    const int64_t stride = team.size;
+    const int64_t head = min(hi - lo, (kVec - lo % kVec) % kVec);
+    for (int64_t i = lo + team.rank; i < lo + head; i += stride) on_element(at(i));
+    const int64_t body = lo + head;
+    const int64_t vectors = (hi - body) / kVec;
+    for (int64_t v = team.rank; v < vectors; v += stride) {
+      S elems[kVec];
+#pragma unroll
+      for (int64_t k = 0; k < kVec; ++k) elems[k] = *at(body + v * kVec + k);
+      uint4 raw;
+      memcpy(&raw, elems, sizeof(raw));
+      on_vector(nullptr, raw);
+    }
+    for (int64_t i = body + vectors * kVec + team.rank; i < hi; i += stride) on_element(at(i));
+  }
 }
 
 template <Order O, class S>
@@ -367,9 +394,10 @@ Grouped group_by_storage(at::TensorList tensors, Order order) {
   return g;
 }
 
-// Device tables of tensors for lists longer than kInline, cached per list
-// (its ends and data pointers, compared in full) and stream: a training loop
-// that passes the same gradients every step uploads their table once. A table
+// Device tables of tensors for lists beyond the parameters' room, cached per
+// list (its encoded table, compared in full: ends, data pointers, layouts) and
+// stream: a training loop that passes the same gradients every step uploads
+// their table once. A table
 // made while the stream is being captured into a CUDA graph is not cached: the
 // graph holds it (a CUDA user object) and releases it when it is destroyed.
 class TableCache {
@@ -391,7 +419,7 @@ class TableCache {
     for (Upload* up : dead) delete up;
   }
 
-  // The device copy of `host` (ends, then data pointers) for launches on the
+  // The device copy of `host` (an encoded table, launch_plan.h) for launches on the
   // current stream. The caller holds the returned tensor until its launch is
   // enqueued (another thread may evict the entry meanwhile).
   at::Tensor get(const std::vector<int64_t>& host, const c10::Device& device) {
@@ -487,7 +515,8 @@ class TableCache {
 };
 
 // The table of a plan's tensors, in the kernels' parameters or in a device
-// table, which `keep` holds until the launch is enqueued.
+// table, which `keep` holds until the launch is enqueued. Up to 64 tensors with
+// up to 16 strided layouts among them travel in the parameters.
 TensorTable make_table(const Spans& spans, const Plan& plan, const c10::Device& device, at::Tensor& keep) {
   TableCache::instance().release_dead();
   TensorTable table{};
@@ -495,10 +524,17 @@ TensorTable make_table(const Spans& spans, const Plan& plan, const c10::Device& 
   table.units = plan.units;
   bool strided = false;
   std::vector<int64_t> host = encode_table(plan, spans.data, spans.layout_of, spans.layouts, &strided);
-  if (table.count <= kInline && !strided) {
-    for (int64_t k = 0; k < table.count; ++k) {
-      table.inline_ends[k] = plan.ends[k];
-      table.inline_data[k] = spans.data[plan.tensors[k]];
+  const auto layouts = std::count_if(plan.tensors.begin(), plan.tensors.end(),
+                                     [&](int64_t i) { return spans.layout_of[static_cast<size_t>(i)] >= 0; });
+  if (table.count <= kInline && layouts <= kInlineLayouts) {
+    table.with_layouts = strided ? 1 : 0;
+    for (int64_t k = 0, next = 0; k < table.count; ++k) {
+      const auto i = static_cast<size_t>(plan.tensors[static_cast<size_t>(k)]);
+      table.inline_ends[k] = plan.ends[static_cast<size_t>(k)];
+      table.inline_data[k] = spans.data[i];
+      const int64_t index = spans.layout_of[i];
+      table.inline_layout_of[k] = index >= 0 ? next : -1;
+      if (index >= 0) table.inline_layouts[next++] = spans.layouts[static_cast<size_t>(index)];
     }
     table.ends = nullptr;
     return table;

@@ -268,6 +268,17 @@ def test_strided_gradients_add_no_launch():
     assert_norm(totalnorm.total_norm(grads), grads, 2.0)
 
 
+@pytest.mark.parametrize("count", [3, 40, 200])  # parameters, parameters with a device table, device table
+@pytest.mark.parametrize("p", [2.0, 1.0, INF, 3.0], ids=order_id)
+def test_strided_tensors_give_the_bits_of_their_contiguous_copies(count, p):
+    base = cuda_list([4099] * count, dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.complex64))
+    views = [b[1:].view(-1)[i % 3::(2 + i % 4)] if i % 2 else b[3:] for i, b in enumerate(base)]
+    assert any(not v.is_non_overlapping_and_dense() for v in views)
+    copies = [v.contiguous() for v in views]
+    assert_bitwise_equal(totalnorm.total_norm(views, p, dtype=torch.float64),
+                         totalnorm.total_norm(copies, p, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("p", [2.0, 1.0, INF, 3.0], ids=order_id)
 def test_strided_clip_equals_torch_bit_for_bit(p):
     base = cuda_list([4096] * 40, dtypes=(torch.float32, torch.bfloat16, torch.float16))
