@@ -10,6 +10,7 @@ as a DTensor that needs .full_tensor().
 """
 import argparse
 import datetime
+import gc
 import os
 
 import torch
@@ -49,6 +50,11 @@ def main() -> None:
         optimizer.zero_grad()
         if rank == 0:
             print(f"step {step}: loss {loss.item():.4f}  totalnorm {norm.item():.6f}  torch {theirs.item():.6f}")
+    # Release the sharded model and every DTensor before the process group goes:
+    # left to interpreter exit, their teardown can abort the process (seen with
+    # Gloo under load, with or without totalnorm).
+    del model, optimizer, mesh, loss, grads, theirs, norm
+    gc.collect()
     dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 

@@ -154,7 +154,7 @@ def test_the_fsdp2_example_runs_under_torchrun_and_agrees_with_torch():
          str(example), "--steps", "3"],
         capture_output=True, text=True, timeout=180,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     steps = re.findall(r"totalnorm (\S+)\s+torch (\S+)", run.stdout)
     assert len(steps) == 3, run.stdout
     for ours, theirs in steps:
