@@ -1,10 +1,11 @@
 #pragma once
-// How the elements of a list of tensors are split into blocks of work (the
-// CUDA backend's grouping into launches is in cuda/launch_plan.h).
+// How the elements of a list of tensors are split into parts of work: blocks
+// on the CPU, units on CUDA (whose plan is in cuda/launch_plan.h).
 //
 // Both backends see a group of tensors as one virtual concatenation of their
-// elements and cut it into near-equal contiguous ranges, one per block. A block
-// range can cover many small tensors or part of a big one. The cut depends only
+// elements and cut it into near-equal contiguous ranges, one per part (on CUDA
+// each tensor also carries a fixed cost). A part can cover many small tensors
+// or part of a big one. The cut depends only
 // on the element counts, never on the thread count or stream, which is what
 // makes the result bitwise reproducible. Plain C++ (no torch), usable from
 // device code, and unit-tested on the CPU.

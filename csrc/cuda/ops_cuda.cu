@@ -423,7 +423,6 @@ class TableCache {
   // current stream. The caller holds the returned tensor until its launch is
   // enqueued (another thread may evict the entry meanwhile).
   at::Tensor get(const std::vector<int64_t>& host, const c10::Device& device) {
-    release_dead();
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     unsigned long long capture_id = 0;
@@ -522,12 +521,10 @@ TensorTable make_table(const Spans& spans, const Plan& plan, const c10::Device& 
   TensorTable table{};
   table.count = static_cast<int64_t>(plan.tensors.size());
   table.units = plan.units;
-  bool strided = false;
-  std::vector<int64_t> host = encode_table(plan, spans.data, spans.layout_of, spans.layouts, &strided);
   const auto layouts = std::count_if(plan.tensors.begin(), plan.tensors.end(),
                                      [&](int64_t i) { return spans.layout_of[static_cast<size_t>(i)] >= 0; });
+  table.with_layouts = layouts > 0 ? 1 : 0;
   if (table.count <= kInline && layouts <= kInlineLayouts) {
-    table.with_layouts = strided ? 1 : 0;
     for (int64_t k = 0, next = 0; k < table.count; ++k) {
       const auto i = static_cast<size_t>(plan.tensors[static_cast<size_t>(k)]);
       table.inline_ends[k] = plan.ends[static_cast<size_t>(k)];
@@ -539,8 +536,9 @@ TensorTable make_table(const Spans& spans, const Plan& plan, const c10::Device& 
     table.ends = nullptr;
     return table;
   }
-  table.with_layouts = strided ? 1 : 0;
-  keep = TableCache::instance().get(host, device);
+  bool with_layouts = false;
+  keep = TableCache::instance().get(encode_table(plan, spans.data, spans.layout_of, spans.layouts, &with_layouts),
+                                    device);
   table.ends = keep.const_data_ptr<int64_t>();
   return table;
 }

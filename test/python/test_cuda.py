@@ -49,7 +49,7 @@ def _warm_up_on_side_stream(fn, times=3):
 
 
 def test_graph_capture_and_replay_with_changing_values():
-    sizes = [1, 17, 1000, 65537, 300000] + [3] * 2500  # > 2040 tensors: several launches
+    sizes = [1, 17, 1000, 65537, 300000] + [3] * 2500  # > 64 tensors: a device table, made during capture
     static = cuda_list(sizes, dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.float64))
     orders_ = [2.0, 1.0, INF, 0.5]
     _warm_up_on_side_stream(lambda: [totalnorm.total_norm(static, p) for p in orders_])
