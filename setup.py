@@ -1,9 +1,10 @@
 """Builds the Python package from the one CMake build definition.
 
 `pip install --no-build-isolation .` configures CMakeLists.txt against the
-installed torch and builds only its `totalnorm` target; the resulting
-Python-free libtotalnorm.so ships inside the package and is loaded with
-torch.ops.load_library.
+installed torch and builds its `totalnorm_python` target: the Python-free
+libtotalnorm.so, which ships inside the package and is loaded with
+torch.ops.load_library, and the small extension module totalnorm._borrowed
+(the list entry that skips torch.ops' per-tensor list cost).
 """
 import os
 import subprocess
@@ -60,7 +61,7 @@ class CMakeBuild(build_ext):
             if option in os.environ:
                 configure.append(f"-D{option}={os.environ[option]}")
         subprocess.check_call(configure, cwd=build_dir)
-        subprocess.check_call(["cmake", "--build", ".", "--target", "totalnorm"], cwd=build_dir)
+        subprocess.check_call(["cmake", "--build", ".", "--target", "totalnorm_python"], cwd=build_dir)
         # Read at import (totalnorm/_loader.py) to name both versions when torch changed since.
         (lib_dir / "_build_info.py").write_text(
             '"""Written by setup.py when the library was built."""\n'

@@ -57,7 +57,7 @@ LD_PRELOAD="$preload" ctest --test-dir "$build" --output-on-failure -E '^cmake_p
 rm -rf "$stage" && mkdir -p "$stage/totalnorm"
 cp totalnorm/*.py "$stage/totalnorm/"
 rm -f "$stage/totalnorm/_build_info.py"
-cp "$build/libtotalnorm.so" "$stage/totalnorm/"
+cp "$build/libtotalnorm.so" "$build"/_borrowed.*.so "$stage/totalnorm/"
 "$python" -c "import torch; print(f'TORCH_VERSION = {str(torch.__version__)!r}')" >"$stage/totalnorm/_build_info.py"
 
 # From the build tree, outside the source tree: `import totalnorm` is the staged copy.
@@ -66,6 +66,6 @@ sanitized() {
   LD_PRELOAD="$preload" PYTHONPATH="$stage" TOTALNORM_UNDER_SANITIZERS=1 \
     TOTALNORM_FUZZ_CASES="${TOTALNORM_SANITIZE_FUZZ_CASES:-3200}" "$python" "$@"
 }
-sanitized -c "import totalnorm; assert totalnorm.__file__.startswith('$stage/'), totalnorm.__file__"
-tests=(test_fuzz.py test_concurrency.py test_total_norm.py test_clip.py test_errors.py test_get_total_norm.py)
+sanitized -c "import totalnorm; assert totalnorm.__file__.startswith('$stage/'), totalnorm.__file__; assert totalnorm._borrowed is not None"
+tests=(test_fuzz.py test_concurrency.py test_total_norm.py test_clip.py test_errors.py test_get_total_norm.py test_borrowed.py)
 sanitized -m pytest -q -p no:cacheprovider "${tests[@]/#/$root/test/python/}"

@@ -7,6 +7,7 @@ are thin, typed wrappers that turn Python iterables into tensor lists.
 """
 from __future__ import annotations
 
+import importlib
 import operator
 import sys
 from pathlib import Path
@@ -24,7 +25,21 @@ def library_path() -> str:
 
 from ._loader import load as _load  # noqa: E402
 
-_load(Path(library_path()))
+_built_for_this_torch = _load(Path(library_path()))
+
+# The operators on borrowed list items (csrc/python/borrowed_lists.cpp): the same
+# dispatcher calls as torch.ops, without torch's per-tensor cost of building and
+# releasing an owning Tensor[] (about 90 ns a tensor). Not with a library built for
+# another torch (it links torch's Python bindings, whose ABI is less stable still),
+# nor where it was not built (no Python headers): torch.ops then serves every call.
+_borrowed = None
+if _built_for_this_torch:
+    try:
+        _borrowed = importlib.import_module(f"{__name__}._borrowed")
+    except ImportError:
+        pass
+_fast_total_norm = getattr(_borrowed, "total_norm", None)
+_fast_clip_grad_norm_ = getattr(_borrowed, "clip_grad_norm_", None)
 
 TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 
@@ -35,12 +50,18 @@ def _as_tensor_list(tensors: TensorOrTensors) -> list[torch.Tensor]:
     return tensors if type(tensors) is list else list(tensors)
 
 
-def _call(op, fn: str, name: str, items: list, *args):
+def _call(op, fast, fn: str, name: str, items: list, *args):
     """Calls `op`; when it rejects its list, names the first entry that is not a Tensor.
 
-    The entries are only inspected on failure: a loop over thousands of tensors in
-    Python would cost more than the reduction itself.
+    A plain list goes through `fast`, op's borrowed-list entry; what it does not take
+    (it returns NotImplemented) through torch.ops. The entries are only inspected on
+    failure: a loop over thousands of tensors in Python would cost more than the
+    reduction itself.
     """
+    if fast is not None and not torch.compiler.is_compiling():  # Dynamo traces torch.ops
+        out = fast(items, *args)
+        if out is not NotImplemented:
+            return out
     try:
         return op(items, *args)
     except (TypeError, RuntimeError):
@@ -118,7 +139,8 @@ def total_norm(
         # An empty list gives fake tensors no device to follow; an empty CPU tensor
         # of the default dtype gives the same zero, and the op still checks norm_type.
         items = [torch.empty(0)]
-    return _call(torch.ops.totalnorm.total_norm.default, "total_norm", "tensors", items, p, error_if_nonfinite, dtype)
+    op = torch.ops.totalnorm.total_norm.default
+    return _call(op, _fast_total_norm, "total_norm", "tensors", items, p, error_if_nonfinite, dtype)
 
 
 _grad_of = operator.attrgetter("grad")
@@ -162,7 +184,8 @@ def get_total_norm(
     if params and not grads:
         # No gradients: zero on the first parameter's device, in its dtype (the op checks norm_type).
         grads = [torch.empty(0, dtype=params[0].dtype, device=params[0].device)]
-    return torch.ops.totalnorm.total_norm.default(grads, p, error_if_nonfinite, None)
+    op = torch.ops.totalnorm.total_norm.default
+    return _call(op, _fast_total_norm, "get_total_norm", "grads", grads, p, error_if_nonfinite, None)
 
 
 def clip_grad_norm_(
@@ -196,4 +219,5 @@ def clip_grad_norm_(
         return distributed.clip_across_(
             "clip_grad_norm_", "grads", grads, float(max_norm), p, error_if_nonfinite, group, params
         )
-    return torch.ops.totalnorm.clip_grad_norm_.default(grads, float(max_norm), p, error_if_nonfinite)
+    op = torch.ops.totalnorm.clip_grad_norm_.default
+    return _call(op, _fast_clip_grad_norm_, "clip_grad_norm_", "grads", grads, float(max_norm), p, error_if_nonfinite)

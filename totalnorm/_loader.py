@@ -32,7 +32,8 @@ def built_torch_version(package_dir: Path) -> Optional[str]:
         return None
 
 
-def load(library: Path) -> None:
+def load(library: Path) -> bool:
+    """Loads the library; returns whether it was built against the running torch."""
     package_dir = library.parent
     if not library.exists():
         raise ImportError(
@@ -65,3 +66,4 @@ def load(library: Path) -> None:
             RuntimeWarning,
             stacklevel=2,
         )
+    return not mismatch

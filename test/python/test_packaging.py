@@ -142,4 +142,5 @@ def test_the_wheel_pins_the_torch_built_against():
     assert f"Version: 0.1.0+{label}\n" in text
     assert f"Requires-Dist: torch=={TORCH_PUBLIC}\n" in text
     assert "totalnorm/libtotalnorm.so" in names
+    assert any(n.startswith("totalnorm/_borrowed.") and n.endswith(".so") for n in names), names
     assert f"TORCH_VERSION = {TORCH!r}" in build_info
