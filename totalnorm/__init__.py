@@ -29,9 +29,9 @@ _built_for_this_torch = _load(Path(library_path()))
 
 # The operators on borrowed list items (csrc/python/borrowed_lists.cpp): the same
 # dispatcher calls as torch.ops, without torch's per-tensor cost of building and
-# releasing an owning Tensor[] (about 90 ns a tensor). Not with a library built for
-# another torch (it links torch's Python bindings, whose ABI is less stable still),
-# nor where it was not built (no Python headers): torch.ops then serves every call.
+# releasing an owning Tensor[] (about 90 ns a tensor). Only with a build record naming
+# the running torch (it links torch's Python bindings, whose ABI is less stable still),
+# and where it was built (Python's headers found): else torch.ops serves every call.
 _borrowed = None
 if _built_for_this_torch:
     try:
@@ -40,6 +40,8 @@ if _built_for_this_torch:
         pass
 _fast_total_norm = getattr(_borrowed, "total_norm", None)
 _fast_clip_grad_norm_ = getattr(_borrowed, "clip_grad_norm_", None)
+_fast_partials = getattr(_borrowed, "partials", None)
+_fast_scale_ = getattr(_borrowed, "scale_", None)
 
 TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 
@@ -50,20 +52,28 @@ def _as_tensor_list(tensors: TensorOrTensors) -> list[torch.Tensor]:
     return tensors if type(tensors) is list else list(tensors)
 
 
-def _call(op, fast, fn: str, name: str, items: list, *args):
-    """Calls `op`; when it rejects its list, names the first entry that is not a Tensor.
+def _fast_or(op, fast, *args):
+    """op(*args), through `fast`, op's borrowed-list entry, where that takes the call.
 
-    A plain list goes through `fast`, op's borrowed-list entry; what it does not take
-    (it returns NotImplemented) through torch.ops. The entries are only inspected on
-    failure: a loop over thousands of tensors in Python would cost more than the
-    reduction itself.
+    The entry takes a plain list of plain tensors (not under Dynamo, which traces
+    torch.ops); it returns NotImplemented for anything else, which torch.ops then takes.
     """
-    if fast is not None and not torch.compiler.is_compiling():  # Dynamo traces torch.ops
-        out = fast(items, *args)
+    if fast is not None and not torch.compiler.is_compiling():
+        out = fast(*args)
         if out is not NotImplemented:
             return out
+    return op(*args)
+
+
+def _call(op, fast, fn: str, name: str, items: list, *args):
+    """`_fast_or(op, fast, items, *args)`; when the list is rejected, names the first
+    entry that is not a Tensor.
+
+    The entries are only inspected on failure: a loop over thousands of tensors in
+    Python would cost more than the reduction itself.
+    """
     try:
-        return op(items, *args)
+        return _fast_or(op, fast, items, *args)
     except (TypeError, RuntimeError):
         for i, t in enumerate(items):
             if not isinstance(t, torch.Tensor):

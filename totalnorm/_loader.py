@@ -33,7 +33,8 @@ def built_torch_version(package_dir: Path) -> Optional[str]:
 
 
 def load(library: Path) -> bool:
-    """Loads the library; returns whether it was built against the running torch."""
+    """Loads the library; returns whether it is known to be built against the running
+    torch (a build record naming it)."""
     package_dir = library.parent
     if not library.exists():
         raise ImportError(
@@ -66,4 +67,4 @@ def load(library: Path) -> bool:
             RuntimeWarning,
             stacklevel=2,
         )
-    return not mismatch
+    return built is not None and not mismatch

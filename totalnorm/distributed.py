@@ -30,6 +30,8 @@ from torch.distributed.tensor.placement_types import Replicate, Shard, _StridedS
 
 __all__ = ["partial", "norm_across", "clip_across_"]
 
+import totalnorm as _package  # its borrowed-list entries, looked up at call time
+
 _ops = torch.ops.totalnorm
 # torch 2.14 renamed the c10d all-gather into one tensor; older releases have only the first name.
 _all_gather_single = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
@@ -179,7 +181,7 @@ def _partial_of(tensors: list[torch.Tensor], norm_type: float) -> torch.Tensor:
     """This rank's pair: one partials call per device, the pairs combined in order of first appearance."""
     if not torch.compiler.is_compiling():
         try:  # one device, the usual case, without a Python pass over the devices
-            return _ops.partials(tensors, norm_type)
+            return _package._fast_or(_ops.partials.default, _package._fast_partials, tensors, norm_type)
         except RuntimeError:
             pass  # tensors on several devices: grouped below, or the same error raised again
     by_device: dict[torch.device, list[torch.Tensor]] = {}
@@ -221,5 +223,5 @@ def clip_across_(fn, arg, items, max_norm, norm_type, error_if_nonfinite, group,
     for t in local:
         by_device.setdefault(t.device, []).append(t)
     for device, ts in by_device.items():
-        _ops.scale_(ts, coef.to(device))
+        _package._fast_or(_ops.scale_.default, _package._fast_scale_, ts, coef.to(device))
     return total

@@ -1,20 +1,37 @@
-// totalnorm._borrowed: the Python entry of the two list operators for plain
-// lists of plain tensors, calling the same dispatcher operators as
-// torch.ops.totalnorm with the list's tensors borrowed instead of copied.
+// totalnorm._borrowed: the Python entry of the list operators (total_norm,
+// clip_grad_norm_, and the partials and scale_ steps the across-ranks path
+// calls) for plain lists of plain tensors. It calls the same dispatcher
+// operators as torch.ops.totalnorm, with the list's tensors borrowed instead of
+// copied where that is safe. Each returns NotImplemented where the caller must
+// use torch.ops.
 //
 // Why: torch.ops turns a Python list into an owning Tensor[] and releases it
 // with the GIL dropped. In torch 2.14 a tensor that also has a Python object
 // moves that object's reference (under the GIL) when its C++ count goes
 // 1 -> 2 and back (c10 intrusive_ptr's incref_pyobject/decref_pyobject), so
 // the list costs about 90 ns per tensor, more than the op's own work on
-// thousands of small gradients. Borrowed tensors leave the counts alone; the list's items are
-// kept alive by one tuple while the GIL is released.
+// thousands of small gradients.
 //
-// Only the plain case is taken: a list of exact Tensors (or Parameters), no
-// active torch function mode, a float order, a bool flag and a dtype or None. Anything else returns NotImplemented and the
-// caller goes through torch.ops, so errors and overrides behave exactly as
-// they do there. Dispatch keys (autograd, Python dispatch modes, functorch)
-// are the dispatcher's, as for any other call.
+// How, safely:
+// - Short calls keep the GIL and borrow: the tensors are aliased without a
+//   count change, and the items' Python objects are referenced first (no
+//   Python allocation, so no garbage collection, comes between). With the GIL
+//   held no other thread can drop, replace or swap (torch.utils.swap_tensors)
+//   an item. Short: the list's bytes on the CPU are at most kHoldGilBytes, or
+//   the tensors are on a device whose kernels run asynchronously and the call
+//   does not wait for them (error_if_nonfinite does). About 25 ns a tensor.
+// - Other calls take owning references with the GIL held, release it for the
+//   call and drop them after taking it back: the protection torch.ops gives
+//   (swap_tensors refuses a tensor whose count is above 1), at about 50 ns a
+//   tensor instead of 90.
+//
+// Only the plain case is taken: a non-empty list of exact Tensors (or
+// Parameters), no active torch function mode, and every other argument of its
+// exact type (a Python float for a float, a bool, a dtype or None, an exact
+// Tensor). Anything else returns NotImplemented and the caller goes through
+// torch.ops, so errors and overrides behave exactly as they do there. Dispatch
+// keys (autograd, Python dispatch modes, functorch) are the dispatcher's, as
+// for any other call.
 //
 // This is the one part of totalnorm that links libtorch_python and Python; the
 // operators themselves live in the Python-free libtotalnorm.so, which the
@@ -27,9 +44,9 @@
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
-#include <torch/csrc/utils/object_ptr.h>
 
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "../dispatch.h"
@@ -37,38 +54,72 @@
 namespace totalnorm::python {
 namespace {
 
-// Tensors that alias the list's tensors without owning a reference; the
-// destructor gives each alias up without touching the count.
-class Borrowed {
+// CPU lists up to this many bytes are reduced with the GIL held: a few ms at
+// the read rates of current servers, about what Python's 5 ms switch interval
+// lets any thread hold it.
+constexpr int64_t kHoldGilBytes = int64_t{128} << 20;
+
+// The tensors of a plain list, held for one call: borrowed aliases (the items'
+// Python objects referenced) until own() turns them into owning references.
+// Destroyed with the GIL held.
+class Items {
  public:
-  explicit Borrowed(size_t n) { tensors_.reserve(n); }
-  Borrowed(const Borrowed&) = delete;
-  Borrowed& operator=(const Borrowed&) = delete;
-  ~Borrowed() {
-    for (auto& t : tensors_) c10::MaybeOwnedTraits<at::Tensor>::destroyBorrow(t);
+  Items() = default;
+  Items(const Items&) = delete;
+  Items& operator=(const Items&) = delete;
+  ~Items() {
+    if (borrowed_) {
+      for (auto& t : tensors_) c10::MaybeOwnedTraits<at::Tensor>::destroyBorrow(t);
+    }
+    for (PyObject* item : referenced_) Py_DECREF(item);
   }
-  void add(const at::Tensor& t) { tensors_.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(t)); }
+
+  // Borrows the list's tensors; false where the call must go through torch.ops:
+  // anything but a non-empty list of exact Tensors and Parameters (a subclass may
+  // override __torch_function__), or an active torch function mode.
+  bool take(PyObject* list) {
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) == 0 || at::impl::torch_function_mode_enabled()) {
+      return false;
+    }
+    const Py_ssize_t n = PyList_GET_SIZE(list);
+    tensors_.reserve(static_cast<size_t>(n));
+    referenced_.reserve(static_cast<size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* item = PyList_GET_ITEM(list, i);
+      if (!THPVariable_CheckExact(item)) return false;
+      Py_INCREF(item);
+      referenced_.push_back(item);
+      tensors_.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(THPVariable_Unpack(item)));
+    }
+    return true;
+  }
+
+  // Whether the call may take long enough to release the GIL for (see the top).
+  bool long_call(bool waits_for_device) const {
+    const at::Tensor& first = tensors_.front();
+    if (!first.is_cpu()) return waits_for_device;
+    int64_t bytes = 0;
+    for (const auto& t : tensors_) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+    return bytes > kHoldGilBytes;
+  }
+
+  // Owning references instead of the aliases (taken with the GIL held).
+  void own() {
+    for (auto& t : tensors_) {
+      at::Tensor owned = t;
+      c10::MaybeOwnedTraits<at::Tensor>::destroyBorrow(t);
+      t = std::move(owned);
+    }
+    borrowed_ = false;
+  }
+
   at::TensorList list() const { return tensors_; }
 
  private:
   std::vector<at::Tensor> tensors_;
+  std::vector<PyObject*> referenced_;
+  bool borrowed_ = true;
 };
-
-// The list's tensors borrowed, or false where the call must go through torch.ops:
-// anything but a non-empty list of exact Tensors and Parameters (a subclass may
-// override __torch_function__), or an active torch function mode.
-bool borrow(PyObject* list, Borrowed& out) {
-  if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) == 0 || at::impl::torch_function_mode_enabled()) {
-    return false;
-  }
-  const Py_ssize_t n = PyList_GET_SIZE(list);
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* item = PyList_GET_ITEM(list, i);
-    if (!THPVariable_CheckExact(item)) return false;
-    out.add(THPVariable_Unpack(item));
-  }
-  return true;
-}
 
 // The GIL released for the scope; taken back on the way out, exceptions included.
 class WithoutGil {
@@ -84,20 +135,25 @@ class WithoutGil {
 
 PyObject* not_implemented() { Py_RETURN_NOTIMPLEMENTED; }
 
-// call(tensors) on the list's tensors borrowed, with the GIL released; NotImplemented
-// for a list borrow() does not take.
+// call(tensors) on the list's tensors (held as Items describes): its tensor, or
+// None for an in-place call; NotImplemented for a list Items does not take.
 template <class Call>
-PyObject* on_borrowed(PyObject* list, Call&& call) {
-  Borrowed tensors(static_cast<size_t>(PyList_Check(list) ? PyList_GET_SIZE(list) : 0));
-  if (!borrow(list, tensors)) return not_implemented();
-  const THPObjectPtr keep(PyList_AsTuple(list));  // the items outlive the call
-  if (!keep) return nullptr;
-  at::Tensor result;
-  {
+PyObject* on_list(PyObject* list, bool waits_for_device, Call&& call) {
+  Items items;
+  if (!items.take(list)) return not_implemented();
+  const bool release = items.long_call(waits_for_device);
+  if (release) items.own();
+  auto run = [&] {
+    if (!release) return call(items.list());
     WithoutGil released;
-    result = call(tensors.list());
+    return call(items.list());
+  };
+  if constexpr (std::is_void_v<decltype(call(items.list()))>) {
+    run();
+    Py_RETURN_NONE;
+  } else {
+    return THPVariable_Wrap(run());
   }
-  return THPVariable_Wrap(std::move(result));
 }
 
 // total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool, dtype: torch.dtype | None)
@@ -112,7 +168,8 @@ PyObject* total_norm(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
   std::optional<at::ScalarType> dtype;
   if (args[3] != Py_None) dtype = reinterpret_cast<THPDtype*>(args[3])->scalar_type;
   static const auto op = ops::handle<ops::TotalNormFn>("totalnorm::total_norm");
-  return on_borrowed(args[0], [&](at::TensorList tensors) { return op.call(tensors, p, error_if_nonfinite, dtype); });
+  return on_list(args[0], error_if_nonfinite,
+                 [&](at::TensorList tensors) { return op.call(tensors, p, error_if_nonfinite, dtype); });
   END_HANDLE_TH_ERRORS
 }
 
@@ -126,15 +183,42 @@ PyObject* clip_grad_norm_(PyObject* /*module*/, PyObject* const* args, Py_ssize_
   const double p = PyFloat_AS_DOUBLE(args[2]);
   const bool error_if_nonfinite = args[3] == Py_True;
   static const auto op = ops::handle<ops::ClipGradNormFn>("totalnorm::clip_grad_norm_");
-  return on_borrowed(args[0], [&](at::TensorList grads) { return op.call(grads, max_norm, p, error_if_nonfinite); });
+  return on_list(args[0], error_if_nonfinite,
+                 [&](at::TensorList grads) { return op.call(grads, max_norm, p, error_if_nonfinite); });
   END_HANDLE_TH_ERRORS
 }
 
+// partials(tensors: list, norm_type: float): the step the across-ranks path calls.
+PyObject* partials(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 2 || !PyFloat_CheckExact(args[1])) return not_implemented();
+  const double p = PyFloat_AS_DOUBLE(args[1]);
+  static const auto op = ops::handle<ops::PartialsFn>("totalnorm::partials");
+  return on_list(args[0], false, [&](at::TensorList tensors) { return op.call(tensors, p); });
+  END_HANDLE_TH_ERRORS
+}
+
+// scale_(tensors: list, coef: Tensor): the across-ranks clip's scaling step.
+PyObject* scale_(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 2 || !THPVariable_CheckExact(args[1])) return not_implemented();
+  const at::Tensor& coef = THPVariable_Unpack(args[1]);  // the caller's argument outlives the call
+  static const auto op = ops::handle<ops::ScaleFn>("totalnorm::scale_");
+  return on_list(args[0], false, [&](at::TensorList tensors) { op.call(tensors, coef); });
+  END_HANDLE_TH_ERRORS
+}
+
+template <PyObject* (*F)(PyObject*, PyObject* const*, Py_ssize_t)>
+PyCFunction fastcall() {
+  return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(F));
+}
+
 PyMethodDef methods[] = {
-    {"total_norm", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&total_norm)), METH_FASTCALL,
-     "torch.ops.totalnorm.total_norm.default on a borrowed plain list; NotImplemented otherwise."},
-    {"clip_grad_norm_", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&clip_grad_norm_)),
-     METH_FASTCALL, "torch.ops.totalnorm.clip_grad_norm_.default on a borrowed plain list; NotImplemented otherwise."},
+    {"total_norm", fastcall<&total_norm>(), METH_FASTCALL, "torch.ops.totalnorm.total_norm.default, borrowed."},
+    {"clip_grad_norm_", fastcall<&clip_grad_norm_>(), METH_FASTCALL,
+     "torch.ops.totalnorm.clip_grad_norm_.default, borrowed."},
+    {"partials", fastcall<&partials>(), METH_FASTCALL, "torch.ops.totalnorm.partials.default, borrowed."},
+    {"scale_", fastcall<&scale_>(), METH_FASTCALL, "torch.ops.totalnorm.scale_.default, borrowed."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_borrowed", "Borrowed-list entries of the totalnorm operators.", -1,

@@ -1,14 +1,15 @@
-"""totalnorm._borrowed: the Python entry that borrows a plain list's tensors.
+"""totalnorm._borrowed: the Python entry that passes a plain list to the operators.
 
-totalnorm.total_norm, get_total_norm and clip_grad_norm_ call it for a plain list
-of plain tensors; it must behave exactly like torch.ops.totalnorm (same results,
-same errors, same dispatch: autograd version counters, dispatch modes, the
-tracer) and hand every other call back (NotImplemented) so torch.ops takes it.
-Borrowing means no reference is taken per tensor: the items must stay alive
-while the GIL is released, even when another thread empties the list.
+totalnorm.total_norm, get_total_norm and clip_grad_norm_ (and the across-ranks path's
+partials and scale_) call it for a plain list of plain tensors; it must behave exactly
+like torch.ops.totalnorm (same results, same errors, same dispatch: autograd version
+counters, dispatch modes, the tracer) and hand every other call back (NotImplemented)
+so torch.ops takes it. Short calls borrow the tensors with the GIL held; long ones own
+them with the GIL released, and must survive what other threads do to the list meanwhile.
 """
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import threading
@@ -71,6 +72,21 @@ def test_clip_has_the_bits_of_torch_ops_and_bumps_versions(device):
     assert [g._version for g in ours] == [v + 1 for v in versions]
 
 
+def test_the_steps_have_the_bits_of_torch_ops(device):
+    # partials and scale_: what the across-ranks path calls on each rank's local tensors.
+    tensors = mixed_list(device)
+    for p in (2.0, 0.0, math.inf, 3.5):
+        assert_bitwise_equal(B.partials(tensors, p), OPS.partials.default(tensors, p))
+    grads = [sample((257,), dtype, device=device, seed=7) for dtype in (torch.float32, torch.bfloat16)]
+    ours, theirs = [g.clone() for g in grads], [g.clone() for g in grads]
+    coef = torch.tensor(0.37, dtype=torch.float64, device=device)
+    assert B.scale_(ours, coef) is None
+    OPS.scale_.default(theirs, coef)
+    for a, b in zip(ours, theirs):
+        assert_bitwise_equal(a, b)
+    assert not torch.equal(ours[0], grads[0])
+
+
 def test_the_public_functions_take_it():
     grads = [torch.randn(10) for _ in range(50)]
     params = [torch.nn.Parameter(torch.zeros(10)) for _ in grads]
@@ -127,6 +143,23 @@ def test_anything_but_the_plain_case_is_handed_back(case):
     norm_args, clip_args = handed_back_cases()[case]
     assert B.total_norm(*norm_args) is NotImplemented
     assert B.clip_grad_norm_(*clip_args) is NotImplemented
+    if case in ("tuple", "empty", "not a tensor", "subclass"):  # the steps take the same lists
+        assert B.partials(clip_args[0], 2.0) is NotImplemented
+        assert B.scale_(clip_args[0], torch.tensor(1.0)) is NotImplemented
+
+
+@pytest.mark.parametrize("case", ["int order", "coef subclass", "coef not a tensor", "too few arguments"])
+def test_the_steps_hand_back_the_rest(case):
+    t = [torch.randn(3), torch.randn(4)]
+    coef = torch.tensor(0.5)
+    args = {
+        "int order": (("partials", (t, 2)),),
+        "coef subclass": (("scale_", (t, coef.as_subclass(TensorWithTorchFunction))),),
+        "coef not a tensor": (("scale_", (t, 0.5)),),
+        "too few arguments": (("partials", (t,)), ("scale_", (t,))),
+    }[case]
+    for name, a in args:
+        assert getattr(B, name)(*a) is NotImplemented
 
 
 def test_a_subclass_with_torch_function_still_sees_the_call():
@@ -194,38 +227,104 @@ def test_error_if_nonfinite_raises_and_clip_leaves_gradients_alone():
         assert_bitwise_equal(a, b)
 
 
-def test_items_stay_alive_while_another_thread_empties_the_list():
-    # The list holds the only references to these tensors (1 MB each: freeing one
-    # unmaps its memory). The main thread clears the list while the worker's call
-    # runs with the GIL released; the borrowed entry keeps the items alive for the
-    # call, so the result is still the norm of all of them. Runs where the clear
-    # did not fall inside the call are not counted; at least one must.
+def constant_norm(tensors: list[torch.Tensor]) -> float:
+    """The 2-norm of float32 tensors each filled with one value, rounded as the op
+    rounds it: these sums of squares are exact in float64, so the op's float64 sum
+    and square root are those below, then rounded once to float32."""
+    squares = math.fsum(t.numel() * t[0].item() ** 2 for t in tensors)
+    return torch.tensor(math.sqrt(squares), dtype=torch.float64).float().item()
+
+
+def race_with_the_call(tensors: list, interfere, runs: int = 10) -> int:
+    """Calls B.total_norm(tensors) in a worker thread while the main thread runs
+    interfere(tensors) as soon as the worker has started; checks every result
+    against the norm of the original list. Returns how many interferences fell
+    inside the call (between its start and its return)."""
+    want = constant_norm(tensors)
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
+    inside = 0
     try:
-        torch.set_num_threads(1)
-        inside = 0
-        for _ in range(20):
-            tensors = [torch.full((1 << 18,), 0.5) for _ in range(64)]
-            want = math.sqrt(64 * (1 << 18) * 0.25)
+        for _ in range(runs):
+            items = list(tensors)
             clock = {}
 
             def work():
                 clock["start"] = time.perf_counter()
-                clock["out"] = B.total_norm(tensors, 2.0, False, None)
+                clock["out"] = B.total_norm(items, 2.0, False, None)
                 clock["end"] = time.perf_counter()
 
             worker = threading.Thread(target=work)
             worker.start()
             while "start" not in clock:
                 pass
-            tensors.clear()
-            clock["clear"] = time.perf_counter()
+            interfere(items)
+            clock["done"] = time.perf_counter()
             worker.join()
-            if clock["out"] is NotImplemented:
-                continue  # the list was empty before the call read it
+            assert clock["out"] is not NotImplemented
             assert clock["out"].item() == want
-            inside += clock["start"] < clock["clear"] < clock["end"]
-        assert inside > 0
+            inside += clock["start"] < clock["done"] < clock["end"]
     finally:
         sys.setswitchinterval(switch_interval)
+    return inside
+
+
+def big_list() -> list[torch.Tensor]:
+    # 160 MiB on the CPU, past the 128 MiB up to which calls keep the GIL: this call
+    # releases it, holding owning references. 4 MiB tensors: freeing one unmaps it.
+    return [torch.full((1 << 20,), 0.5 + i / 64) for i in range(40)]
+
+
+def test_items_stay_alive_while_another_thread_empties_the_list():
+    # The main thread clears the list while the call runs with the GIL released.
+    torch.set_num_threads(1)
+    tensors = big_list()
+    assert race_with_the_call(tensors, lambda items: items.clear()) > 0
+
+
+def test_a_tensor_being_read_cannot_be_swapped():
+    # torch.utils.swap_tensors refuses a tensor that C++ also holds (its count is
+    # above 1), as it does during a call through torch.ops; a swap that went through
+    # would free the storage the call is reading.
+    torch.set_num_threads(1)
+    tensors = big_list()
+    refused = []
+
+    def swap(items):
+        other = torch.zeros(3)
+        try:
+            torch.utils.swap_tensors(items[-1], other)
+        except RuntimeError:
+            refused.append(True)
+            return
+        del other  # the swapped-out tensor, if the swap went through
+        items.append(torch.full((1 << 22,), 1e30))  # reuse the memory
+
+    inside = race_with_the_call(tensors, swap)
+    assert inside > 0 and len(refused) >= inside
+
+
+def test_a_garbage_collection_during_the_call_cannot_free_an_item():
+    # A finalizer run by a collection replaces the last item (its only reference).
+    # Items hold references to the list's objects before anything can allocate, so
+    # the call reads either the old list or the new one, never freed memory.
+    tensors = [torch.full((1 << 22,), 1.0) for _ in range(24)]
+    before = constant_norm(tensors)
+
+    class Finalizer:
+        def __del__(self):
+            tensors[-1] = torch.full((4,), 3.0)
+
+    gc.disable()
+    try:
+        cycle = Finalizer()
+        cycle.self = cycle
+        del cycle
+        threshold = gc.get_threshold()
+        gc.set_threshold(1)
+        gc.enable()
+        got = B.total_norm(tensors, 2.0, False, None)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.enable()
+    assert got.item() in (before, constant_norm(tensors))

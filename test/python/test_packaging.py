@@ -106,6 +106,23 @@ def test_a_different_running_torch_is_named_beside_the_built_one(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "2.0"  # it still works: a warning, not an error
 
 
+@pytest.mark.parametrize("record", ["running torch", "another torch", "none"])
+def test_the_borrowed_list_entry_is_used_only_for_the_torch_it_was_built_for(tmp_path, record):
+    # It links torch's Python bindings: with another torch (or no record) every call takes torch.ops.
+    modules = list(INSTALLED_PACKAGE.glob("_borrowed.*.so"))
+    assert modules, "the installed package has no totalnorm._borrowed"
+    built_with = {"running torch": TORCH, "another torch": "2.3.0+cu121", "none": None}[record]
+    root = stage(tmp_path, (INSTALLED_PACKAGE / "libtotalnorm.so").read_bytes(), built_with)
+    shutil.copy(modules[0], root / "totalnorm" / modules[0].name)
+    code = (
+        "import warnings\nwarnings.simplefilter('ignore')\nimport torch, totalnorm\n"
+        "print(totalnorm._borrowed is not None, totalnorm.total_norm([torch.ones(4)]).item())\n"
+    )
+    done = python(code, path=root, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(record == "running torch"), "2.0"]
+
+
 def test_the_same_torch_imports_without_a_warning(tmp_path):
     _recorded_version()
     code = "import warnings\nwarnings.simplefilter('error')\nimport totalnorm\n"
