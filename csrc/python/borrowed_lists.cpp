@@ -26,12 +26,12 @@
 //   tensor instead of 90.
 //
 // Only the plain case is taken: a non-empty list of exact Tensors (or
-// Parameters), no active torch function mode, and every other argument of its
-// exact type (a Python float for a float, a bool, a dtype or None, an exact
-// Tensor). Anything else returns NotImplemented and the caller goes through
-// torch.ops, so errors and overrides behave exactly as they do there. Dispatch
-// keys (autograd, Python dispatch modes, functorch) are the dispatcher's, as
-// for any other call.
+// Parameters), no active torch function or dispatch mode, and every other
+// argument of its exact type (a Python float for a float, a bool, a dtype or
+// None, an exact Tensor). Anything else returns NotImplemented and the caller goes through
+// torch.ops, so errors and overrides behave exactly as they do there. Other
+// dispatch keys (autograd, functorch, the tracer) are the dispatcher's, as for
+// any other call.
 //
 // This is the one part of totalnorm that links libtorch_python and Python; the
 // operators themselves live in the Python-free libtotalnorm.so, which the
@@ -41,6 +41,7 @@
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -76,9 +77,11 @@ class Items {
 
   // Borrows the list's tensors; false where the call must go through torch.ops:
   // anything but a non-empty list of exact Tensors and Parameters (a subclass may
-  // override __torch_function__), or an active torch function mode.
+  // override __torch_function__), or an active torch function or dispatch mode
+  // (Python code that runs inside the call, and may let other threads run).
   bool take(PyObject* list) {
-    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) == 0 || at::impl::torch_function_mode_enabled()) {
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) == 0 || at::impl::torch_function_mode_enabled() ||
+        c10::impl::dispatch_mode_enabled()) {
       return false;
     }
     const Py_ssize_t n = PyList_GET_SIZE(list);
