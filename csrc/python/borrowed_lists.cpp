@@ -17,9 +17,10 @@
 //   count change, and the items' Python objects are referenced first (no
 //   Python allocation, so no garbage collection, comes between). With the GIL
 //   held no other thread can drop, replace or swap (torch.utils.swap_tensors)
-//   an item. Short: the list's bytes on the CPU are at most kHoldGilBytes, or
-//   the tensors are on a device whose kernels run asynchronously and the call
-//   does not wait for them (error_if_nonfinite does). About 25 ns a tensor.
+//   an item. Short: all tensors are on one kind of accelerator, whose kernels
+//   run asynchronously, and the call does not wait for them
+//   (error_if_nonfinite does); or all are on the CPU and the estimated work
+//   (Work below) is within a few ms. About 25 ns a tensor.
 // - Other calls take owning references with the GIL held, release it for the
 //   call and drop them after taking it back: the protection torch.ops gives
 //   (swap_tensors refuses a tensor whose count is above 1), at about 50 ns a
@@ -46,6 +47,7 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <cmath>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -55,10 +57,23 @@
 namespace totalnorm::python {
 namespace {
 
-// CPU lists up to this many bytes are reduced with the GIL held: a few ms at
-// the read rates of current servers, about what Python's 5 ms switch interval
-// lets any thread hold it.
-constexpr int64_t kHoldGilBytes = int64_t{128} << 20;
+// The work of a CPU call, in bytes of float32 streaming read (about 20 ps a byte
+// here): each tensor counts kPerTensor on top of its bytes (the op's own work per
+// tensor, more where clipping leaves a 0-dim or complex tensor to torch's mul_),
+// times the passes over the bytes, times kPowCost for orders whose contribution
+// needs pow(). Calls up to kHoldGilWork keep the GIL: a few ms, about what
+// Python's 5 ms switch interval lets any thread hold it.
+struct Work {
+  int passes = 1;  // 1: a reduction; 2: scale_ (read and write); 3: clip (both)
+  bool general_order = false;
+};
+constexpr double kPerTensor = 1024.0;
+constexpr double kPowCost = 128.0;
+constexpr double kHoldGilWork = 128.0 * (1 << 20);
+
+bool general_order(double p) {
+  return !(p == 0.0 || p == 1.0 || p == 2.0 || std::isinf(p));
+}
 
 // The tensors of a plain list, held for one call: borrowed aliases (the items'
 // Python objects referenced) until own() turns them into owning references.
@@ -80,6 +95,9 @@ class Items {
   // override __torch_function__), or an active torch function or dispatch mode
   // (Python code that runs inside the call, and may let other threads run).
   bool take(PyObject* list) {
+#if defined(Py_GIL_DISABLED)
+    return false;  // borrowing relies on the GIL: a free-threaded build takes torch.ops
+#endif
     if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) == 0 || at::impl::torch_function_mode_enabled() ||
         c10::impl::dispatch_mode_enabled()) {
       return false;
@@ -98,12 +116,21 @@ class Items {
   }
 
   // Whether the call may take long enough to release the GIL for (see the top).
-  bool long_call(bool waits_for_device) const {
-    const at::Tensor& first = tensors_.front();
-    if (!first.is_cpu()) return waits_for_device;
-    int64_t bytes = 0;
-    for (const auto& t : tensors_) bytes += t.numel() * static_cast<int64_t>(t.element_size());
-    return bytes > kHoldGilBytes;
+  bool long_call(bool waits_for_device, Work work) const {
+    bool any_cpu = false;
+    bool any_other = false;
+    double bytes = 0.0;  // double: no overflow on huge expanded views
+    for (const auto& t : tensors_) {
+      if (t.is_cpu()) {
+        any_cpu = true;
+        bytes += static_cast<double>(t.numel()) * static_cast<double>(t.element_size()) + kPerTensor;
+      } else {
+        any_other = true;
+      }
+    }
+    if (any_cpu && any_other) return true;  // copies between devices may wait
+    if (any_other) return waits_for_device;
+    return bytes * work.passes * (work.general_order ? kPowCost : 1.0) > kHoldGilWork;
   }
 
   // Owning references instead of the aliases (taken with the GIL held).
@@ -141,10 +168,10 @@ PyObject* not_implemented() { Py_RETURN_NOTIMPLEMENTED; }
 // call(tensors) on the list's tensors (held as Items describes): its tensor, or
 // None for an in-place call; NotImplemented for a list Items does not take.
 template <class Call>
-PyObject* on_list(PyObject* list, bool waits_for_device, Call&& call) {
+PyObject* on_list(PyObject* list, bool waits_for_device, Work work, Call&& call) {
   Items items;
   if (!items.take(list)) return not_implemented();
-  const bool release = items.long_call(waits_for_device);
+  const bool release = items.long_call(waits_for_device, work);
   if (release) items.own();
   auto run = [&] {
     if (!release) return call(items.list());
@@ -171,7 +198,7 @@ PyObject* total_norm(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
   std::optional<at::ScalarType> dtype;
   if (args[3] != Py_None) dtype = reinterpret_cast<THPDtype*>(args[3])->scalar_type;
   static const auto op = ops::handle<ops::TotalNormFn>("totalnorm::total_norm");
-  return on_list(args[0], error_if_nonfinite,
+  return on_list(args[0], error_if_nonfinite, Work{1, general_order(p)},
                  [&](at::TensorList tensors) { return op.call(tensors, p, error_if_nonfinite, dtype); });
   END_HANDLE_TH_ERRORS
 }
@@ -186,7 +213,7 @@ PyObject* clip_grad_norm_(PyObject* /*module*/, PyObject* const* args, Py_ssize_
   const double p = PyFloat_AS_DOUBLE(args[2]);
   const bool error_if_nonfinite = args[3] == Py_True;
   static const auto op = ops::handle<ops::ClipGradNormFn>("totalnorm::clip_grad_norm_");
-  return on_list(args[0], error_if_nonfinite,
+  return on_list(args[0], error_if_nonfinite, Work{3, general_order(p)},
                  [&](at::TensorList grads) { return op.call(grads, max_norm, p, error_if_nonfinite); });
   END_HANDLE_TH_ERRORS
 }
@@ -197,7 +224,8 @@ PyObject* partials(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs
   if (nargs != 2 || !PyFloat_CheckExact(args[1])) return not_implemented();
   const double p = PyFloat_AS_DOUBLE(args[1]);
   static const auto op = ops::handle<ops::PartialsFn>("totalnorm::partials");
-  return on_list(args[0], false, [&](at::TensorList tensors) { return op.call(tensors, p); });
+  return on_list(args[0], false, Work{1, general_order(p)},
+                 [&](at::TensorList tensors) { return op.call(tensors, p); });
   END_HANDLE_TH_ERRORS
 }
 
@@ -205,9 +233,25 @@ PyObject* partials(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs
 PyObject* scale_(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 2 || !THPVariable_CheckExact(args[1])) return not_implemented();
-  const at::Tensor& coef = THPVariable_Unpack(args[1]);  // the caller's argument outlives the call
+  // Owned, as torch.ops owns it: a call that releases the GIL must keep a swap
+  // (torch.utils.swap_tensors) away from it too.
+  const at::Tensor coef = THPVariable_Unpack(args[1]);
   static const auto op = ops::handle<ops::ScaleFn>("totalnorm::scale_");
-  return on_list(args[0], false, [&](at::TensorList tensors) { op.call(tensors, coef); });
+  return on_list(args[0], false, Work{2, false}, [&](at::TensorList tensors) { op.call(tensors, coef); });
+  END_HANDLE_TH_ERRORS
+}
+
+// _releases_gil(tensors: list, passes: int, norm_type: float, waits_for_device: bool):
+// whether a call on this list would release the GIL (for tests of the policy).
+PyObject* releases_gil(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 4 || !PyLong_CheckExact(args[1]) || !PyFloat_CheckExact(args[2]) || !PyBool_Check(args[3])) {
+    return not_implemented();
+  }
+  Items items;
+  if (!items.take(args[0])) return not_implemented();
+  const Work work{static_cast<int>(PyLong_AsLong(args[1])), general_order(PyFloat_AS_DOUBLE(args[2]))};
+  return PyBool_FromLong(items.long_call(args[3] == Py_True, work));
   END_HANDLE_TH_ERRORS
 }
 
@@ -222,6 +266,7 @@ PyMethodDef methods[] = {
      "torch.ops.totalnorm.clip_grad_norm_.default, borrowed."},
     {"partials", fastcall<&partials>(), METH_FASTCALL, "torch.ops.totalnorm.partials.default, borrowed."},
     {"scale_", fastcall<&scale_>(), METH_FASTCALL, "torch.ops.totalnorm.scale_.default, borrowed."},
+    {"_releases_gil", fastcall<&releases_gil>(), METH_FASTCALL, "Whether a call on this list releases the GIL."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_borrowed", "Borrowed-list entries of the totalnorm operators.", -1,

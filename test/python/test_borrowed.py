@@ -338,3 +338,60 @@ def test_a_garbage_collection_during_the_call_cannot_free_an_item():
         gc.set_threshold(*threshold)
         gc.enable()
     assert got.item() in (before, constant_norm(tensors))
+
+
+def test_the_coefficient_being_used_cannot_be_swapped():
+    # scale_ owns its coefficient as torch.ops does: during a call that released the
+    # GIL, swapping the coefficient tensor is refused, and every tensor is scaled by
+    # the value it had when the call started.
+    torch.set_num_threads(1)
+    refused = 0
+    for _ in range(10):
+        tensors = big_list()
+        want = [t[0].item() * 0.5 for t in tensors]
+        coef = torch.tensor(0.5, dtype=torch.float64)
+        clock = {}
+
+        def work():
+            clock["start"] = True
+            clock["out"] = B.scale_(tensors, coef)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        while "start" not in clock:
+            time.sleep(0)
+        time.sleep(0.002)
+        other = torch.tensor(4.0, dtype=torch.float64)
+        try:
+            torch.utils.swap_tensors(coef, other)
+        except RuntimeError:
+            refused += 1
+        del other
+        worker.join()
+        assert clock["out"] is None
+        got = [t[0].item() for t in tensors]
+        # A swap before the call started scales by 4.
+        assert got == want or got == [w * 8 for w in want]
+    assert refused > 0
+
+
+def test_calls_keep_the_gil_only_when_short():
+    # The policy (csrc/python/borrowed_lists.cpp, Work): CPU calls up to about 128 MiB
+    # of float32 reading keep it; general orders cost 128x, clipping 3 passes, each
+    # tensor 1 KiB more; accelerator calls keep it unless they wait for the result.
+    small = [torch.ones(1 << 16) for _ in range(64)]  # 16 MiB
+    mid = [torch.ones(1 << 18) for _ in range(64)]  # 64 MiB
+    zero_dim = [torch.ones(()) for _ in range(100_000)]
+    releases = B._releases_gil
+    assert releases(small, 1, 2.0, False) is False
+    assert releases(small, 1, math.inf, False) is False
+    assert releases(small, 1, 3.5, False) is True  # pow() per element
+    assert releases(mid, 1, 2.0, False) is False
+    assert releases(mid, 3, 2.0, False) is True  # clipping reads twice and writes once
+    assert releases(big_list(), 1, 2.0, False) is True
+    assert releases(zero_dim, 1, 2.0, False) is False
+    assert releases(zero_dim, 3, 2.0, False) is True  # clipped 0-dim tensors go to torch's mul_
+    meta = [torch.empty(1 << 30, device="meta")]  # not the CPU: asynchronous unless waited for
+    assert releases(meta, 1, 2.0, False) is False
+    assert releases(meta, 1, 2.0, True) is True
+    assert releases(small + meta, 1, 2.0, False) is True  # mixed devices may copy and wait
