@@ -47,12 +47,12 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#include <cmath>
 #include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "../dispatch.h"
+#include "../norm_math.h"
 
 namespace totalnorm::python {
 namespace {
@@ -71,9 +71,7 @@ constexpr double kPerTensor = 1024.0;
 constexpr double kPowCost = 128.0;
 constexpr double kHoldGilWork = 128.0 * (1 << 20);
 
-bool general_order(double p) {
-  return !(p == 0.0 || p == 1.0 || p == 2.0 || std::isinf(p));
-}
+bool general_order(double p) { return classify_order(p) == Order::General; }
 
 // The tensors of a plain list, held for one call: borrowed aliases (the items'
 // Python objects referenced) until own() turns them into owning references.
