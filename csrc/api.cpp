@@ -33,6 +33,30 @@ at::Tensor clip_grad_norm_(const std::vector<at::Tensor>& parameters, double max
   return op.call(defined_grads(parameters), max_norm, norm_type, error_if_nonfinite);
 }
 
+PerTensorNorms total_norm_per_tensor(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
+                                     std::optional<at::ScalarType> dtype) {
+  static const auto op = ops::handle<ops::TotalNormPerTensorFn>("totalnorm::total_norm_per_tensor");
+  auto [total, per_tensor] = op.call(tensors, norm_type, error_if_nonfinite, dtype);
+  return {total, per_tensor};
+}
+
+PerTensorNorms get_total_norm_per_tensor(const std::vector<at::Tensor>& parameters, double norm_type,
+                                         bool error_if_nonfinite) {
+  auto grads = defined_grads(parameters);
+  if (grads.empty() && !parameters.empty()) {
+    check_norm_type("get_total_norm_per_tensor", norm_type);
+    return {at::zeros({}, parameters[0].options()), at::empty({0}, parameters[0].options())};
+  }
+  return total_norm_per_tensor(grads, norm_type, error_if_nonfinite);
+}
+
+PerTensorNorms clip_grad_norm_per_tensor_(const std::vector<at::Tensor>& parameters, double max_norm,
+                                          double norm_type, bool error_if_nonfinite) {
+  static const auto op = ops::handle<ops::ClipGradNormPerTensorFn>("totalnorm::clip_grad_norm_per_tensor_");
+  auto [total, per_tensor] = op.call(defined_grads(parameters), max_norm, norm_type, error_if_nonfinite);
+  return {total, per_tensor};
+}
+
 at::Tensor partials(at::TensorList tensors, double norm_type) {
   static const auto op = ops::handle<ops::PartialsFn>("totalnorm::partials");
   return op.call(tensors, norm_type);
@@ -54,6 +78,21 @@ std::tuple<at::Tensor, at::Tensor> finalize_clip(const at::Tensor& partials, dou
                                                  bool error_if_nonfinite) {
   static const auto op = ops::handle<ops::FinalizeClipFn>("totalnorm::finalize_clip");
   return op.call(partials, norm_type, dtype, max_norm, error_if_nonfinite);
+}
+
+std::tuple<at::Tensor, at::Tensor> partials_per_tensor(at::TensorList tensors, double norm_type) {
+  static const auto op = ops::handle<ops::PartialsPerTensorFn>("totalnorm::partials_per_tensor");
+  return op.call(tensors, norm_type);
+}
+
+at::Tensor combine_per_tensor(const at::Tensor& partials, double norm_type) {
+  static const auto op = ops::handle<ops::CombinePerTensorFn>("totalnorm::combine_per_tensor");
+  return op.call(partials, norm_type);
+}
+
+at::Tensor finalize_per_tensor(const at::Tensor& partials, double norm_type, at::ScalarType dtype) {
+  static const auto op = ops::handle<ops::FinalizePerTensorFn>("totalnorm::finalize_per_tensor");
+  return op.call(partials, norm_type, dtype);
 }
 
 void scale_(at::TensorList tensors, const at::Tensor& coef) {

@@ -71,6 +71,15 @@ void check_partials(const char* fn, const at::Tensor& partials) {
               partials.scalar_type(), " with ", n, " elements");
 }
 
+void check_per_tensor_partials(const char* fn, const at::Tensor& partials, bool rows) {
+  const int64_t dims = rows ? 3 : 2;
+  TORCH_CHECK(partials.scalar_type() == at::kDouble && partials.dim() == dims &&
+                  partials.sym_size(dims - 1) == 2 && (!rows || partials.sym_size(0) >= 1),
+              fn, ": partials must be a float64 tensor of per-tensor (count, accumulation) pairs of shape ",
+              rows ? "[rows >= 1, n, 2]" : "[n, 2]", ", got ", partials.scalar_type(), " of shape ",
+              partials.sym_sizes());
+}
+
 void check_coef(const char* fn, const at::Tensor& coef, const c10::Device& device) {
   TORCH_CHECK(coef.dim() == 0 && at::isFloatingType(coef.scalar_type()), fn,
               ": coef must be a 0-dim floating tensor, got ", coef.dim(), "-dim ", coef.scalar_type());

@@ -27,6 +27,10 @@ void check_one_device(const char* fn, const char* arg, at::TensorList tensors);
 // A float64 tensor of (count, accumulation) pairs.
 void check_partials(const char* fn, const at::Tensor& partials);
 
+// Per-tensor pairs: a float64 tensor of shape [n, 2] (rows == false) or
+// [rows, n, 2] with rows >= 1 (rows == true).
+void check_per_tensor_partials(const char* fn, const at::Tensor& partials, bool rows);
+
 // A 0-dim floating coefficient on `device`.
 void check_coef(const char* fn, const at::Tensor& coef, const c10::Device& device);
 

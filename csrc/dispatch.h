@@ -22,5 +22,11 @@ using CombineFn = at::Tensor(const at::Tensor&, double);
 using FinalizeFn = at::Tensor(const at::Tensor&, double, at::ScalarType, bool);
 using FinalizeClipFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, at::ScalarType, double, bool);
 using ScaleFn = void(at::TensorList, const at::Tensor&);
+using TotalNormPerTensorFn = std::tuple<at::Tensor, at::Tensor>(at::TensorList, double, bool,
+                                                                std::optional<at::ScalarType>);
+using ClipGradNormPerTensorFn = std::tuple<at::Tensor, at::Tensor>(at::TensorList, double, double, bool);
+using PartialsPerTensorFn = std::tuple<at::Tensor, at::Tensor>(at::TensorList, double);
+using CombinePerTensorFn = at::Tensor(const at::Tensor&, double);
+using FinalizePerTensorFn = at::Tensor(const at::Tensor&, double, at::ScalarType);
 
 }  // namespace totalnorm::ops

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,10 @@ std::vector<std::pair<c10::Device, std::vector<at::Tensor>>> group_by_device(at:
 // One (count, accumulation) pair per device, on the first tensor's device: a
 // [2] tensor for one device, a [devices, 2] stack of rows otherwise.
 at::Tensor partials_by_device(at::TensorList tensors, double norm_type);
+
+// partials_per_tensor over devices: the totals as partials_by_device gives them,
+// and one pair per tensor, in list order, on the first tensor's device.
+std::tuple<at::Tensor, at::Tensor> partials_per_tensor_by_device(at::TensorList tensors, double norm_type);
 
 // scale_ of each device's tensors by the coefficient, copied to that device.
 void scale_by_device_(at::TensorList tensors, const at::Tensor& coef);

@@ -11,11 +11,19 @@ import importlib
 import operator
 import sys
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, NamedTuple, Optional, Union
 
 import torch
 
-__all__ = ["total_norm", "get_total_norm", "clip_grad_norm_", "library_path"]
+__all__ = [
+    "total_norm",
+    "get_total_norm",
+    "clip_grad_norm_",
+    "PerTensorNorms",
+    "GradNorms",
+    "named_grad_norms",
+    "library_path",
+]
 
 
 def library_path() -> str:
@@ -40,10 +48,24 @@ if _built_for_this_torch:
         pass
 _fast_total_norm = getattr(_borrowed, "total_norm", None)
 _fast_clip_grad_norm_ = getattr(_borrowed, "clip_grad_norm_", None)
+_fast_total_norm_per_tensor = getattr(_borrowed, "total_norm_per_tensor", None)
+_fast_clip_grad_norm_per_tensor_ = getattr(_borrowed, "clip_grad_norm_per_tensor_", None)
 _fast_partials = getattr(_borrowed, "partials", None)
 _fast_scale_ = getattr(_borrowed, "scale_", None)
 
 TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
+
+
+class PerTensorNorms(NamedTuple):
+    """What ``per_tensor=True`` returns: the total norm and every tensor's own norm.
+
+    ``total`` is bitwise what the call returns without ``per_tensor``;
+    ``per_tensor`` is 1-D, one entry per tensor (per parameter with a gradient),
+    in order, in the total's dtype and on its device.
+    """
+
+    total: torch.Tensor
+    per_tensor: torch.Tensor
 
 
 def _as_tensor_list(tensors: TensorOrTensors) -> list[torch.Tensor]:
@@ -109,7 +131,8 @@ def total_norm(
     *,
     dtype: Optional[torch.dtype] = None,
     group=None,
-) -> torch.Tensor:
+    per_tensor: bool = False,
+) -> Union[torch.Tensor, PerTensorNorms]:
     """The p-norm of all elements of ``tensors``, as if they were concatenated.
 
     A drop-in for ``torch.nn.utils.get_total_norm``: equal to
@@ -132,11 +155,14 @@ def total_norm(
             are parts of one gradient (pipeline stages, hand-made shards); see
             :mod:`totalnorm.distributed`. DTensors need no group: their meshes
             give it.
+        per_tensor: also return every tensor's own norm, from the same read
+            (docs/semantics.md, "Per-tensor norms").
 
     Returns:
         A 0-dim tensor on the first tensor's device that never requires grad.
         An empty list gives ``torch.tensor(0.0)``. Across ranks: a plain tensor,
-        bitwise the same on every rank.
+        bitwise the same on every rank. With ``per_tensor=True``, a
+        :class:`PerTensorNorms` ``(total, per_tensor)``.
     """
     del foreach
     items = _as_tensor_list(tensors)
@@ -144,11 +170,22 @@ def total_norm(
     if _across_ranks(items, group):
         from . import distributed
 
+        if per_tensor:
+            return PerTensorNorms(
+                *distributed.norms_across("total_norm", "tensors", items, p, error_if_nonfinite, dtype, group)
+            )
         return distributed.norm_across("total_norm", "tensors", items, p, error_if_nonfinite, dtype, group)
-    if not items and torch.compiler.is_compiling():
+    empty = not items
+    if empty and torch.compiler.is_compiling():
         # An empty list gives fake tensors no device to follow; an empty CPU tensor
         # of the default dtype gives the same zero, and the op still checks norm_type.
         items = [torch.empty(0)]
+    if per_tensor:
+        op = torch.ops.totalnorm.total_norm_per_tensor.default
+        total, per = _call(
+            op, _fast_total_norm_per_tensor, "total_norm", "tensors", items, p, error_if_nonfinite, dtype
+        )
+        return PerTensorNorms(total, per[:0] if empty else per)
     op = torch.ops.totalnorm.total_norm.default
     return _call(op, _fast_total_norm, "total_norm", "tensors", items, p, error_if_nonfinite, dtype)
 
@@ -176,24 +213,43 @@ def _grads(fn: str, parameters: TensorOrTensors) -> tuple[list[torch.Tensor], li
 
 
 def get_total_norm(
-    parameters: TensorOrTensors, norm_type: float = 2.0, error_if_nonfinite: bool = False, *, group=None
-) -> torch.Tensor:
+    parameters: TensorOrTensors,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    *,
+    group=None,
+    per_tensor: bool = False,
+) -> Union[torch.Tensor, PerTensorNorms]:
     """The p-norm of the gradients of ``parameters`` (docs/semantics.md, Parameters and clipping).
 
     Parameters whose ``.grad`` is None are skipped; a generator is consumed once.
     No parameters give ``torch.tensor(0.0)``; parameters without any gradient
     give a zero on the first parameter's device, in its dtype. ``group`` and
-    DTensor gradients work as in :func:`total_norm`.
+    DTensor gradients work as in :func:`total_norm`. ``per_tensor=True`` returns
+    :class:`PerTensorNorms`, one entry per parameter that has a gradient.
     """
     params, grads = _grads("get_total_norm", parameters)
     p = _as_norm_type("get_total_norm", norm_type)
     if _across_ranks(params, group):
         from . import distributed
 
+        if per_tensor:
+            return PerTensorNorms(
+                *distributed.norms_across(
+                    "get_total_norm", "grads", grads, p, error_if_nonfinite, None, group, params
+                )
+            )
         return distributed.norm_across("get_total_norm", "grads", grads, p, error_if_nonfinite, None, group, params)
-    if params and not grads:
+    no_grads = bool(params) and not grads
+    if no_grads:
         # No gradients: zero on the first parameter's device, in its dtype (the op checks norm_type).
         grads = [torch.empty(0, dtype=params[0].dtype, device=params[0].device)]
+    if per_tensor:
+        op = torch.ops.totalnorm.total_norm_per_tensor.default
+        total, per = _call(
+            op, _fast_total_norm_per_tensor, "get_total_norm", "grads", grads, p, error_if_nonfinite, None
+        )
+        return PerTensorNorms(total, per[:0] if no_grads else per)
     op = torch.ops.totalnorm.total_norm.default
     return _call(op, _fast_total_norm, "get_total_norm", "grads", grads, p, error_if_nonfinite, None)
 
@@ -206,7 +262,8 @@ def clip_grad_norm_(
     foreach: Optional[bool] = None,
     *,
     group=None,
-) -> torch.Tensor:
+    per_tensor: bool = False,
+) -> Union[torch.Tensor, PerTensorNorms]:
     """Clips the gradients of ``parameters`` in place; a drop-in for
     ``torch.nn.utils.clip_grad_norm_``.
 
@@ -218,7 +275,9 @@ def clip_grad_norm_(
     gradient, replicas included, is scaled by the same coefficient.
 
     Returns:
-        The total norm of the gradients before clipping.
+        The total norm of the gradients before clipping. With ``per_tensor=True``,
+        :class:`PerTensorNorms`: the total and each gradient's own norm before
+        clipping (one entry per parameter that has a gradient), from the same pass.
     """
     del foreach
     params, grads = _grads("clip_grad_norm_", parameters)
@@ -226,8 +285,25 @@ def clip_grad_norm_(
     if _across_ranks(params, group):
         from . import distributed
 
+        if per_tensor:
+            return PerTensorNorms(
+                *distributed.clips_across_(
+                    "clip_grad_norm_", "grads", grads, float(max_norm), p, error_if_nonfinite, group, params
+                )
+            )
         return distributed.clip_across_(
             "clip_grad_norm_", "grads", grads, float(max_norm), p, error_if_nonfinite, group, params
         )
+    if per_tensor:
+        op = torch.ops.totalnorm.clip_grad_norm_per_tensor_.default
+        return PerTensorNorms(
+            *_call(
+                op, _fast_clip_grad_norm_per_tensor_, "clip_grad_norm_", "grads", grads, float(max_norm), p,
+                error_if_nonfinite,
+            )
+        )
     op = torch.ops.totalnorm.clip_grad_norm_.default
     return _call(op, _fast_clip_grad_norm_, "clip_grad_norm_", "grads", grads, float(max_norm), p, error_if_nonfinite)
+
+
+from .monitor import GradNorms, named_grad_norms  # noqa: E402

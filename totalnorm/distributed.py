@@ -225,3 +225,196 @@ def clip_across_(fn, arg, items, max_norm, norm_type, error_if_nonfinite, group,
     for device, ts in by_device.items():
         _package._fast_or(_ops.scale_.default, _package._fast_scale_, ts, coef.to(device))
     return total
+
+
+# --- Per-tensor norms across ranks (per_tensor=True) ------------------------------------
+#
+# Every entry of a DTensor is the norm of the whole gradient: each rank holds one
+# (count, accumulation) pair per listed tensor (its counted shard's, or the empty
+# pair for a replica it does not count), and the pairs of one tensor are merged
+# over the ranks in rank order, as the total's are. Traffic per rank stays
+# proportional to the tensor count, whatever the rank count:
+#
+# 1. all_to_all: the n entries are cut into `ranks` near-equal slices; rank j
+#    receives every rank's pairs of slice j (n / ranks pairs from each rank) and
+#    merges them in rank order (totalnorm::combine_per_tensor);
+# 2. all_gather: every rank sends its merged slice, padded to the longest slice,
+#    and gets all of them back. The rank's total pair rides in front of the slice,
+#    so the total still needs no collective of its own and is merged from the same
+#    pairs in the same order as the total-only call's, to the same bits.
+#
+# Plain tensors are the rank's own (pipeline stages, hand-made shards): their
+# entries are local norms, and take no part in the exchange. DTensors reduce over
+# the ranks of their mesh: the call's group when the mesh spans it, else the
+# mesh's own group (a 1-D mesh smaller than group=, as in pipeline stages of FSDP).
+
+
+def _slice_start(m: int, parts: int, j: int) -> int:
+    """Start of slice j of m entries cut into `parts` near-equal slices (plan.h's split_point)."""
+    q, r = divmod(m, parts)
+    return j * q + min(j, r)
+
+
+def _call_group(fn: str, group, meshes: list, owners) -> dist.ProcessGroup:
+    """The group the total is gathered over (as partial() decides it)."""
+    if group is None:
+        if not meshes:
+            meshes = list({id(t.device_mesh): t.device_mesh for t in owners if isinstance(t, DTensor)}.values())
+        return _mesh_group(fn, meshes)
+    if not torch.compiler.is_compiling():
+        _check_group(fn, group)
+    return group
+
+
+def _reduction_group(fn: str, mesh: DeviceMesh, call_group: dist.ProcessGroup, call_size: int):
+    """The group over which a DTensor's per-tensor pairs are merged: the call's
+    group when the mesh spans it, else the mesh's own 1-D group."""
+    if mesh.size() == call_size:
+        return call_group
+    if mesh.ndim == 1:
+        return mesh.get_group()
+    raise ValueError(
+        f"{fn}: per_tensor=True with DTensors on a {mesh.ndim}-D mesh of {mesh.size()} ranks inside a "
+        f"group of {call_size}: their per-tensor norms would need a process group over that mesh's "
+        "ranks. Pass the DTensors of each such mesh in a call of their own, or use a 1-D mesh"
+    )
+
+
+def _pairs_of(tensors: list[torch.Tensor], norm_type: float):
+    """This rank's total pair (bitwise _partial_of's) and one pair per tensor, on tensors[0]'s device."""
+    devices = {t.device for t in tensors} if len(tensors) > 1 else {tensors[0].device}
+    if len(devices) == 1:
+        return _ops.partials_per_tensor(tensors, norm_type)
+    first = tensors[0].device
+    where: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        where.setdefault(t.device, []).append(i)
+    rows = torch.empty(len(tensors), 2, dtype=torch.float64, device=first)
+    totals = []
+    for device, positions in where.items():
+        total, per = _ops.partials_per_tensor([tensors[i] for i in positions], norm_type)
+        totals.append(total.to(first))
+        rows[torch.tensor(positions, device=first)] = per.to(first)
+    return _ops.combine(torch.stack(totals), norm_type), rows
+
+
+def _all_to_all(values: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return funcol.all_to_all_single(values, out_splits, in_splits, group)
+    out = values.new_empty(sum(out_splits))
+    dist.all_to_all_single(out, values, out_splits, in_splits, group=group)
+    return out
+
+
+def _all_gather(values: torch.Tensor, group) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _functional_all_gather(values, 0, group)
+    out = values.new_empty(values.numel() * dist.get_world_size(group))
+    _all_gather_single(out, values, group=group)
+    return out
+
+
+def _per_tensor_pairs(fn, arg, items, norm_type, group, owners):
+    """``(rows, pairs, local)``: the total's gathered rows (as partial() returns them),
+    one merged pair per item ([n, 2]; a DTensor's over its ranks, a plain tensor's
+    local), and every local tensor."""
+    compiling = torch.compiler.is_compiling()
+    local: list[torch.Tensor] = []
+    counted: list[torch.Tensor] = []
+    counted_at: list[int] = []
+    dtensors: dict[int, tuple[DeviceMesh, list[int]]] = {}  # id(mesh) -> (mesh, positions)
+    for i, t in enumerate(items):
+        if isinstance(t, DTensor):
+            mesh, part = t.device_mesh, (t.to_local() if compiling else t._local_tensor)
+            counts = _counts_here(fn, arg, i, mesh, t.placements)
+            dtensors.setdefault(id(mesh), (mesh, []))[1].append(i)
+        elif isinstance(t, torch.Tensor):
+            part, counts = t, True
+        else:
+            raise TypeError(f"{fn}: {arg}[{i}] is a {type(t).__name__}, not a Tensor")
+        local.append(part)
+        if counts:
+            counted.append(part)
+            counted_at.append(i)
+    call_group = _call_group(fn, group, [mesh for mesh, _ in dtensors.values()], owners)
+    call_size = dist.get_world_size(call_group)
+
+    if local:
+        device = (counted or local)[0].device
+    elif compiling:
+        device = _default_collective_device()
+    else:
+        device = _collective_device(call_group)
+    nothing = _ops.partials([torch.empty(0, device=device)], norm_type)  # (0 elements, identity)
+    pairs = nothing.expand(len(items), 2).clone()
+    if counted:
+        mine, rows = _pairs_of(counted, norm_type)
+        pairs[torch.tensor(counted_at, device=device)] = rows.to(device)
+    else:
+        mine = nothing
+
+    # The DTensors' positions per reduction group (meshes over the same ranks share one).
+    by_group: dict[int, tuple[dist.ProcessGroup, list[int]]] = {}
+    for mesh, positions in dtensors.values():
+        g = _reduction_group(fn, mesh, call_group, call_size)
+        by_group.setdefault(id(g), (g, []))[1].extend(positions)
+    # Every rank of a group must make its collectives in the same order: the call
+    # group first, then the others by their ranks (one order on every rank, so no
+    # two ranks can wait on each other's groups in opposite orders).
+    groups = list(by_group.values())
+    if not compiling:
+        groups.sort(key=lambda entry: (entry[0] is not call_group, dist.get_process_group_ranks(entry[0])))
+    else:
+        groups.sort(key=lambda entry: entry[0] is not call_group)
+    plans = []
+    for g, positions in groups:
+        positions.sort()
+        ranks = g.size()
+        rank = dist.get_rank(g)
+        m = len(positions)
+        starts = [_slice_start(m, ranks, j) for j in range(ranks + 1)]
+        in_splits = [2 * (starts[j + 1] - starts[j]) for j in range(ranks)]
+        received = _all_to_all(
+            pairs[torch.tensor(positions, device=device)].reshape(-1), [in_splits[rank]] * ranks, in_splits, g
+        )
+        merged = _ops.combine_per_tensor(received.view(ranks, in_splits[rank] // 2, 2), norm_type)
+        longest = starts[1] - starts[0]
+        padded = torch.cat([merged.reshape(-1), merged.new_zeros(2 * longest - merged.numel())])
+        plans.append((g, positions, starts, longest, padded))
+
+    gathered_total = None
+    for g, positions, starts, longest, padded in plans:
+        ranks = len(starts) - 1
+        with_total = g is call_group
+        width = 2 * longest + (2 if with_total else 0)
+        gathered = _all_gather(torch.cat([mine, padded]) if with_total else padded, g).view(ranks, width)
+        if with_total:
+            gathered_total = gathered[:, :2].reshape(-1)
+        slices = gathered[:, width - 2 * longest :].reshape(ranks * longest, 2)
+        valid = [j * longest + k for j in range(ranks) for k in range(starts[j + 1] - starts[j])]
+        pairs[torch.tensor(positions, device=device)] = slices[torch.tensor(valid, device=device)]
+    if gathered_total is None:
+        gathered_total = _all_gather(mine, call_group)
+    return gathered_total, pairs, local
+
+
+def norms_across(fn, arg, items, norm_type, error_if_nonfinite, dtype, group, owners=()):
+    """``(total, per_tensor)`` across ranks; total is bitwise norm_across's."""
+    rows, pairs, local = _per_tensor_pairs(fn, arg, items, norm_type, group, owners)
+    out = result_dtype(local, dtype)
+    total = _ops.finalize(rows, norm_type, out, error_if_nonfinite)
+    return total, _ops.finalize_per_tensor(pairs, norm_type, out)
+
+
+def clips_across_(fn, arg, items, max_norm, norm_type, error_if_nonfinite, group, owners=()):
+    """clip_across_ that also returns the per-tensor norms before clipping."""
+    rows, pairs, local = _per_tensor_pairs(fn, arg, items, norm_type, group, owners)
+    out = result_dtype(local, None)
+    total, coef = _ops.finalize_clip(rows, norm_type, out, max_norm, error_if_nonfinite)
+    per_tensor = _ops.finalize_per_tensor(pairs, norm_type, out)
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in local:
+        by_device.setdefault(t.device, []).append(t)
+    for device, ts in by_device.items():
+        _package._fast_or(_ops.scale_.default, _package._fast_scale_, ts, coef.to(device))
+    return total, per_tensor

@@ -56,6 +56,11 @@ constexpr char kCombine[] = "totalnorm::combine";
 constexpr char kFinalize[] = "totalnorm::finalize";
 constexpr char kFinalizeClip[] = "totalnorm::finalize_clip";
 constexpr char kScale[] = "totalnorm::scale_";
+constexpr char kTotalNormPerTensor[] = "totalnorm::total_norm_per_tensor";
+constexpr char kClipGradNormPerTensor[] = "totalnorm::clip_grad_norm_per_tensor_";
+constexpr char kPartialsPerTensor[] = "totalnorm::partials_per_tensor";
+constexpr char kCombinePerTensor[] = "totalnorm::combine_per_tensor";
+constexpr char kFinalizePerTensor[] = "totalnorm::finalize_per_tensor";
 
 }  // namespace
 
@@ -67,6 +72,14 @@ TORCH_LIBRARY_IMPL(totalnorm, Autograd, m) {
   m.impl("finalize", TORCH_FN((BelowAutograd<kFinalize, false, ops::FinalizeFn>::call)));
   m.impl("finalize_clip", TORCH_FN((BelowAutograd<kFinalizeClip, false, ops::FinalizeClipFn>::call)));
   m.impl("scale_", TORCH_FN((BelowAutograd<kScale, true, ops::ScaleFn>::call)));
+  m.impl("total_norm_per_tensor",
+         TORCH_FN((BelowAutograd<kTotalNormPerTensor, false, ops::TotalNormPerTensorFn>::call)));
+  m.impl("clip_grad_norm_per_tensor_",
+         TORCH_FN((BelowAutograd<kClipGradNormPerTensor, true, ops::ClipGradNormPerTensorFn>::call)));
+  m.impl("partials_per_tensor", TORCH_FN((BelowAutograd<kPartialsPerTensor, false, ops::PartialsPerTensorFn>::call)));
+  m.impl("combine_per_tensor", TORCH_FN((BelowAutograd<kCombinePerTensor, false, ops::CombinePerTensorFn>::call)));
+  m.impl("finalize_per_tensor",
+         TORCH_FN((BelowAutograd<kFinalizePerTensor, false, ops::FinalizePerTensorFn>::call)));
 }
 
 }  // namespace totalnorm

@@ -44,6 +44,25 @@ void scale_meta(at::TensorList tensors, const at::Tensor& coef) {
   if (!tensors.empty()) check_coef("scale_", coef, tensors[0].device());
 }
 
+std::tuple<at::Tensor, at::Tensor> partials_per_tensor_meta(at::TensorList tensors, double norm_type) {
+  check_arguments("partials_per_tensor", "tensors", tensors, norm_type, std::nullopt);
+  check_one_device("partials_per_tensor", "tensors", tensors);
+  const auto options = at::TensorOptions().dtype(at::kDouble).device(at::kMeta);
+  return {at::empty({2}, options), at::empty({static_cast<int64_t>(tensors.size()), 2}, options)};
+}
+
+at::Tensor combine_per_tensor_meta(const at::Tensor& partials, double norm_type) {
+  check_norm_type("combine_per_tensor", norm_type);
+  check_per_tensor_partials("combine_per_tensor", partials, /*rows=*/true);
+  return at::empty_symint({partials.sym_size(1), 2}, partials.options());
+}
+
+at::Tensor finalize_per_tensor_meta(const at::Tensor& partials, double norm_type, at::ScalarType dtype) {
+  check_arguments("finalize_per_tensor", "partials", {}, norm_type, dtype);
+  check_per_tensor_partials("finalize_per_tensor", partials, /*rows=*/false);
+  return at::empty_symint({partials.sym_size(0)}, partials.options().dtype(dtype));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(totalnorm, Meta, m) {
@@ -52,6 +71,9 @@ TORCH_LIBRARY_IMPL(totalnorm, Meta, m) {
   m.impl("finalize", &finalize_meta);
   m.impl("finalize_clip", &finalize_clip_meta);
   m.impl("scale_", &scale_meta);
+  m.impl("partials_per_tensor", &partials_per_tensor_meta);
+  m.impl("combine_per_tensor", &combine_per_tensor_meta);
+  m.impl("finalize_per_tensor", &finalize_per_tensor_meta);
 }
 
 }  // namespace totalnorm

@@ -48,6 +48,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -163,8 +164,24 @@ class WithoutGil {
 
 PyObject* not_implemented() { Py_RETURN_NOTIMPLEMENTED; }
 
-// call(tensors) on the list's tensors (held as Items describes): its tensor, or
-// None for an in-place call; NotImplemented for a list Items does not take.
+// (first, second) as a Python tuple of two tensors, as torch.ops returns it.
+PyObject* wrap_pair(at::Tensor first, at::Tensor second) {
+  PyObject* a = THPVariable_Wrap(std::move(first));
+  if (a == nullptr) return nullptr;
+  PyObject* b = THPVariable_Wrap(std::move(second));
+  if (b == nullptr) {
+    Py_DECREF(a);
+    return nullptr;
+  }
+  PyObject* out = PyTuple_Pack(2, a, b);  // references both; ours go either way
+  Py_DECREF(a);
+  Py_DECREF(b);
+  return out;
+}
+
+// call(tensors) on the list's tensors (held as Items describes): its tensor (a
+// tuple of two for the per-tensor ops), or None for an in-place call;
+// NotImplemented for a list Items does not take.
 template <class Call>
 PyObject* on_list(PyObject* list, bool waits_for_device, Work work, Call&& call) {
   Items items;
@@ -176,17 +193,23 @@ PyObject* on_list(PyObject* list, bool waits_for_device, Work work, Call&& call)
     WithoutGil released;
     return call(items.list());
   };
-  if constexpr (std::is_void_v<decltype(call(items.list()))>) {
+  using Result = decltype(call(items.list()));
+  if constexpr (std::is_void_v<Result>) {
     run();
     Py_RETURN_NONE;
+  } else if constexpr (std::is_same_v<Result, std::tuple<at::Tensor, at::Tensor>>) {
+    auto [first, second] = run();
+    return wrap_pair(std::move(first), std::move(second));
   } else {
     return THPVariable_Wrap(run());
   }
 }
 
-// total_norm(tensors: list, norm_type: float, error_if_nonfinite: bool, dtype: torch.dtype | None)
-PyObject* total_norm(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
+// The norm entries: (tensors: list, norm_type: float, error_if_nonfinite: bool,
+// dtype: torch.dtype | None), for total_norm (Fn = TotalNormFn, a tensor) and
+// total_norm_per_tensor (a pair of tensors).
+template <class Fn, const char* Name>
+PyObject* norm_entry(PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 4 || !PyFloat_CheckExact(args[1]) || !PyBool_Check(args[2]) ||
       (args[3] != Py_None && !THPDtype_Check(args[3]))) {
     return not_implemented();
@@ -195,24 +218,52 @@ PyObject* total_norm(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nar
   const bool error_if_nonfinite = args[2] == Py_True;
   std::optional<at::ScalarType> dtype;
   if (args[3] != Py_None) dtype = reinterpret_cast<THPDtype*>(args[3])->scalar_type;
-  static const auto op = ops::handle<ops::TotalNormFn>("totalnorm::total_norm");
+  static const auto op = ops::handle<Fn>(Name);
   return on_list(args[0], error_if_nonfinite, Work{1, general_order(p)},
                  [&](at::TensorList tensors) { return op.call(tensors, p, error_if_nonfinite, dtype); });
-  END_HANDLE_TH_ERRORS
 }
 
-// clip_grad_norm_(grads: list, max_norm: float, norm_type: float, error_if_nonfinite: bool)
-PyObject* clip_grad_norm_(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
+// The clip entries: (grads: list, max_norm: float, norm_type: float, error_if_nonfinite: bool),
+// for clip_grad_norm_ and clip_grad_norm_per_tensor_.
+template <class Fn, const char* Name>
+PyObject* clip_entry(PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 4 || !PyFloat_CheckExact(args[1]) || !PyFloat_CheckExact(args[2]) || !PyBool_Check(args[3])) {
     return not_implemented();
   }
   const double max_norm = PyFloat_AS_DOUBLE(args[1]);
   const double p = PyFloat_AS_DOUBLE(args[2]);
   const bool error_if_nonfinite = args[3] == Py_True;
-  static const auto op = ops::handle<ops::ClipGradNormFn>("totalnorm::clip_grad_norm_");
+  static const auto op = ops::handle<Fn>(Name);
   return on_list(args[0], error_if_nonfinite, Work{3, general_order(p)},
                  [&](at::TensorList grads) { return op.call(grads, max_norm, p, error_if_nonfinite); });
+}
+
+constexpr char kTotalNorm[] = "totalnorm::total_norm";
+constexpr char kTotalNormPerTensor[] = "totalnorm::total_norm_per_tensor";
+constexpr char kClipGradNorm[] = "totalnorm::clip_grad_norm_";
+constexpr char kClipGradNormPerTensor[] = "totalnorm::clip_grad_norm_per_tensor_";
+
+PyObject* total_norm(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return norm_entry<ops::TotalNormFn, kTotalNorm>(args, nargs);
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* total_norm_per_tensor(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return norm_entry<ops::TotalNormPerTensorFn, kTotalNormPerTensor>(args, nargs);
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* clip_grad_norm_(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return clip_entry<ops::ClipGradNormFn, kClipGradNorm>(args, nargs);
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* clip_grad_norm_per_tensor_(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return clip_entry<ops::ClipGradNormPerTensorFn, kClipGradNormPerTensor>(args, nargs);
   END_HANDLE_TH_ERRORS
 }
 
@@ -262,6 +313,10 @@ PyMethodDef methods[] = {
     {"total_norm", fastcall<&total_norm>(), METH_FASTCALL, "torch.ops.totalnorm.total_norm.default, borrowed."},
     {"clip_grad_norm_", fastcall<&clip_grad_norm_>(), METH_FASTCALL,
      "torch.ops.totalnorm.clip_grad_norm_.default, borrowed."},
+    {"total_norm_per_tensor", fastcall<&total_norm_per_tensor>(), METH_FASTCALL,
+     "torch.ops.totalnorm.total_norm_per_tensor.default, borrowed."},
+    {"clip_grad_norm_per_tensor_", fastcall<&clip_grad_norm_per_tensor_>(), METH_FASTCALL,
+     "torch.ops.totalnorm.clip_grad_norm_per_tensor_.default, borrowed."},
     {"partials", fastcall<&partials>(), METH_FASTCALL, "torch.ops.totalnorm.partials.default, borrowed."},
     {"scale_", fastcall<&scale_>(), METH_FASTCALL, "torch.ops.totalnorm.scale_.default, borrowed."},
     {"_releases_gil", fastcall<&releases_gil>(), METH_FASTCALL, "Whether a call on this list releases the GIL."},

@@ -37,6 +37,30 @@ at::Tensor get_total_norm(const std::vector<at::Tensor>& parameters, double norm
 at::Tensor clip_grad_norm_(const std::vector<at::Tensor>& parameters, double max_norm,
                            double norm_type = 2.0, bool error_if_nonfinite = false);
 
+// A total norm with every listed tensor's own norm, from one read of the bytes.
+// per_tensor is 1-D, one entry per tensor in order, in the total's dtype and on
+// its device; total is bitwise what the total-only function returns. (C++ has
+// Python's per_tensor=True as these *_per_tensor functions: a return type
+// cannot depend on a flag.)
+struct PerTensorNorms {
+  at::Tensor total;
+  at::Tensor per_tensor;
+};
+
+// total_norm, plus each tensor's norm (an empty tensor's entry is 0).
+PerTensorNorms total_norm_per_tensor(at::TensorList tensors, double norm_type = 2.0,
+                                     bool error_if_nonfinite = false,
+                                     std::optional<at::ScalarType> dtype = std::nullopt);
+
+// get_total_norm, plus one entry per parameter that has a gradient, in order.
+PerTensorNorms get_total_norm_per_tensor(const std::vector<at::Tensor>& parameters, double norm_type = 2.0,
+                                         bool error_if_nonfinite = false);
+
+// clip_grad_norm_, plus the gradients' own norms before clipping (one entry per
+// parameter that has a gradient), from the same pass as the clip's norm.
+PerTensorNorms clip_grad_norm_per_tensor_(const std::vector<at::Tensor>& parameters, double max_norm,
+                                          double norm_type = 2.0, bool error_if_nonfinite = false);
+
 // The steps total_norm and clip_grad_norm_ are made of, for code that combines
 // norms across devices or processes itself (see totalnorm/distributed.h).
 //
@@ -54,6 +78,14 @@ at::Tensor finalize(const at::Tensor& partials, double norm_type, at::ScalarType
 std::tuple<at::Tensor, at::Tensor> finalize_clip(const at::Tensor& partials, double norm_type,
                                                  at::ScalarType dtype, double max_norm,
                                                  bool error_if_nonfinite = false);
+// partials plus one (count, accumulation) pair per tensor, in list order: a
+// [2] total (bitwise partials') and a [n, 2] tensor, on the tensors' device.
+std::tuple<at::Tensor, at::Tensor> partials_per_tensor(at::TensorList tensors, double norm_type = 2.0);
+// [rows, n, 2] stacks of per-tensor pairs (one row per device or rank) merged
+// over the rows in row order into [n, 2].
+at::Tensor combine_per_tensor(const at::Tensor& partials, double norm_type = 2.0);
+// [n, 2] per-tensor pairs finalized into n norms, each rounded once to dtype.
+at::Tensor finalize_per_tensor(const at::Tensor& partials, double norm_type, at::ScalarType dtype);
 // Multiplies every tensor in place by the 0-dim coefficient (as finalize_clip
 // returns it), with the rounding of torch's `t.mul_(coef)` on that device.
 void scale_(at::TensorList tensors, const at::Tensor& coef);

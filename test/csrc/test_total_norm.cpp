@@ -204,6 +204,48 @@ TEST_P(TotalNorm, MixedDtypesInOneList) {
   }
 }
 
+TEST_P(TotalNorm, PerTensorEntriesAreEachTensorsNormAndTheTotalIsTheTotalOnlyBits) {
+  at::manual_seed(2);
+  const auto tensors = sample_tensors(options());
+  for (double p : {0.0, 1.0, 2.0, 3.0, kInf, -kInf}) {
+    SCOPED_TRACE(p);
+    const totalnorm::PerTensorNorms got = totalnorm::total_norm_per_tensor(tensors, p);
+    EXPECT_TRUE(at::equal(got.total, totalnorm::total_norm(tensors, p)));
+    ASSERT_EQ(got.per_tensor.sizes(), at::IntArrayRef({static_cast<int64_t>(tensors.size())}));
+    EXPECT_EQ(got.per_tensor.device().type(), GetParam());
+    const bool fast = p == 0 || p == 1 || p == 2 || std::isinf(p);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      SCOPED_TRACE(i);
+      // docs/semantics.md (Empty inputs): an empty tensor's norm is 0 for every order.
+      const at::Tensor want = tensors[i].numel() == 0 ? at::zeros({}, at::kFloat) : reference({tensors[i]}, p, at::kFloat);
+      expect_close(got.per_tensor[static_cast<int64_t>(i)].cpu(), want, fast ? 1.2e-7 : 1e-6);
+    }
+  }
+}
+
+TEST_P(TotalNorm, ClipPerTensorReturnsTheNormsBeforeClippingAndClipsLikeTheTotalOnlyCall) {
+  at::manual_seed(3);
+  std::vector<at::Tensor> params;
+  std::vector<at::Tensor> twins;
+  for (int64_t n : {10, 300, 7}) {
+    auto p = at::zeros({n}, options()).requires_grad_();
+    p.mutable_grad() = at::randn({n}, options()) * 10;
+    auto q = at::zeros({n}, options()).requires_grad_();
+    q.mutable_grad() = p.grad().clone();
+    params.push_back(p);
+    twins.push_back(q);
+  }
+  params.push_back(at::zeros({4}, options()).requires_grad_());  // no gradient: no entry
+  twins.push_back(at::zeros({4}, options()).requires_grad_());
+  const at::Tensor before = totalnorm::get_total_norm_per_tensor(params).per_tensor;
+  ASSERT_EQ(before.numel(), 3);
+  const totalnorm::PerTensorNorms got = totalnorm::clip_grad_norm_per_tensor_(params, 1.0);
+  EXPECT_TRUE(at::equal(got.total, totalnorm::clip_grad_norm_(twins, 1.0)));
+  EXPECT_TRUE(at::equal(got.per_tensor, before));
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(at::equal(params[i].grad(), twins[i].grad()));
+  EXPECT_LT(params[0].grad().abs().max().item<double>(), 1.0);  // it did clip
+}
+
 INSTANTIATE_TEST_SUITE_P(Devices, TotalNorm,
                          ::testing::Values(c10::DeviceType::CPU, c10::DeviceType::CUDA),
                          [](const auto& info) { return c10::DeviceTypeName(info.param, true); });
