@@ -308,3 +308,27 @@ def test_top_k_puts_nan_then_inf_then_the_largest_first():
     assert norms.top_k(0) == [] and len(norms.top_k(100)) == 6
     with pytest.raises(ValueError, match="2 names for 6 norms"):
         totalnorm.GradNorms(("a", "b"), torch.tensor(0.0), torch.ones(6))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a CUDA matter")
+def test_named_grad_norms_does_not_synchronize_with_the_device():
+    model = _model_with_grads("cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        norms = totalnorm.named_grad_norms(model.named_parameters(), max_norm=0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert norms.per_tensor.is_cuda
+
+
+def test_the_per_layer_logging_example_runs_and_finds_the_nan(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "per_layer_logging.py"
+    proc = subprocess.run([sys.executable, str(example), "--steps", "6", "--log-every", "3"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "the NaN was found in 2.weight" in proc.stdout
+    assert proc.stdout.count("step ") == 2
