@@ -67,5 +67,6 @@ sanitized() {
     TOTALNORM_FUZZ_CASES="${TOTALNORM_SANITIZE_FUZZ_CASES:-3200}" "$python" "$@"
 }
 sanitized -c "import totalnorm; assert totalnorm.__file__.startswith('$stage/'), totalnorm.__file__; assert totalnorm._borrowed is not None"
-tests=(test_fuzz.py test_concurrency.py test_total_norm.py test_clip.py test_errors.py test_get_total_norm.py test_borrowed.py)
+tests=(test_fuzz.py test_concurrency.py test_total_norm.py test_clip.py test_errors.py test_get_total_norm.py test_borrowed.py
+  test_per_tensor.py)
 sanitized -m pytest -q -p no:cacheprovider "${tests[@]/#/$root/test/python/}"

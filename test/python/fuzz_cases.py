@@ -405,12 +405,24 @@ def run_norm_case(case: Case) -> Outcome:
         if case.error_if_nonfinite and not math.isfinite(got.item()):
             return Outcome(f"error_if_nonfinite=True returned the non-finite {got.item()!r}")
     modified = changed(tensors, before)
-    return Outcome(modified) if modified else _value_outcome(case, tensors, got, want, want_dtype)
+    if modified:
+        return Outcome(modified)
+    return Outcome(_norm_error(case, tensors, got, want, want_dtype) or _per_tensor_error(case, tensors, want_dtype))
 
 
-def _value_outcome(case, tensors, got, want, want_dtype) -> Outcome:
-    failure = _norm_error(case, tensors, got, want, want_dtype)
-    return Outcome(failure)
+def _per_tensor_error(case, tensors, want_dtype) -> Optional[str]:
+    """per_tensor=True (docs/semantics.md, Per-tensor norms): the total-only bits, and
+    every entry its own tensor's norm to the same bounds."""
+    total, per = totalnorm.total_norm(tensors, case.p, dtype=case.dtype, per_tensor=True)
+    if not equal_bits_nan_any(total, totalnorm.total_norm(tensors, case.p, dtype=case.dtype)):
+        return f"per_tensor=True total {total!r} is not the total-only call's bits"
+    if per.shape != (len(tensors),) or per.dtype != want_dtype:
+        return f"per_tensor has shape {tuple(per.shape)} and dtype {per.dtype}"
+    for i, t in enumerate(tensors):
+        failure = value_error(per[i], reference_norm(_resolved([t]), float(case.p)), case.p)
+        if failure:
+            return f"per_tensor[{i}]: {failure}"
+    return None
 
 
 def _norm_error(case, tensors, got, want, want_dtype) -> Optional[str]:
@@ -461,7 +473,7 @@ def run_clip_case(case: Case) -> Outcome:
         return Outcome(changed(ours, before))  # a rejected clip changes nothing
     if not ours:
         return Outcome(None if total.item() == 0 else f"empty list gave {total.item()!r}")
-    outcome = _value_outcome(case, ours, total, want, expected_dtype(ours))
+    outcome = Outcome(_norm_error(case, ours, total, want, expected_dtype(ours)))
     if outcome.failure or outcome.skipped:
         return Outcome(outcome.failure and f"returned norm: {outcome.failure}", outcome.skipped)
     if case.error_if_nonfinite and not math.isfinite(total.item()):
