@@ -15,7 +15,9 @@ from typing import Iterable, Optional, Union
 
 import torch
 
-__all__ = ["total_norm", "get_total_norm", "clip_grad_norm_", "library_path"]
+__all__ = ["total_norm", "get_total_norm", "clip_grad_norm_", "library_path", "__version__"]
+
+from ._version import __version__  # noqa: E402
 
 
 def library_path() -> str:
