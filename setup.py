@@ -7,6 +7,7 @@ torch.ops.load_library, and the small extension module totalnorm._borrowed
 (the list entry that skips torch.ops' per-tensor list cost).
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-VERSION = "0.1.0"
+# One version, in the package (totalnorm/_version.py), read here without importing it.
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "totalnorm" / "_version.py").read_text()).group(1)
 
 
 def torch_build_pins() -> tuple[str, list[str]]:

@@ -23,7 +23,10 @@ __all__ = [
     "GradNorms",
     "named_grad_norms",
     "library_path",
+    "__version__",
 ]
+
+from ._version import __version__  # noqa: E402
 
 
 def library_path() -> str:

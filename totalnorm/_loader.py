@@ -32,6 +32,28 @@ def built_torch_version(package_dir: Path) -> Optional[str]:
         return None
 
 
+def check_supported(running: str, stacklevel: int = 2) -> bool:
+    """Warns, naming both, when the running torch is outside the releases this version
+    supports (``_version.TORCH_SUPPORTED``); returns whether it is inside."""
+    from ._version import TORCH_SUPPORTED, __version__
+
+    try:
+        minor = tuple(int(part) for part in running.split("+")[0].split(".")[:2])
+    except ValueError:
+        minor = None
+    (lo_major, lo_minor), (hi_major, hi_minor) = TORCH_SUPPORTED
+    if minor is not None and TORCH_SUPPORTED[0] <= minor <= TORCH_SUPPORTED[1]:
+        return True
+    warnings.warn(
+        f"totalnorm {__version__} supports torch {lo_major}.{lo_minor} to {hi_major}.{hi_minor}, but "
+        f"torch {running} is running; it is untested there (see CHANGELOG.md for the supported "
+        f"releases of each version)",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return False
+
+
 def load(library: Path) -> bool:
     """Loads the library; returns whether it is known to be built against the running
     torch (a build record naming it)."""
@@ -46,6 +68,7 @@ def load(library: Path) -> bool:
         )
     built = built_torch_version(package_dir)
     running = str(torch.__version__)
+    check_supported(running, stacklevel=3)
     mismatch = built is not None and built != running
     rebuild = (f"rebuild totalnorm against the running torch (`{BUILD_COMMAND}` in its source "
                f"tree), or install torch=={built}")

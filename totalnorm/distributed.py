@@ -51,7 +51,10 @@ def _counts_here(fn: str, arg: str, i: int, mesh: DeviceMesh, placements) -> boo
             raise ValueError(
                 f"{fn}: {arg}[{i}] is a DTensor with placement {placement} on mesh dimension {dim}; "
                 "its local values are not parts of the gradient (a Partial sum is not reduced yet). "
-                "Call .redistribute(placements=[Replicate()] * mesh.ndim) or .full_tensor() first"
+                "Reduce it first, keeping it a DTensor: .redistribute(placements=...) with Replicate() "
+                "in place of each Partial (its Shard placements may stay); to clip, assign the result "
+                "back to the parameter's .grad. Not .full_tensor(): a plain tensor counts on every rank "
+                "that holds it"
             )
     return counts
 
@@ -92,15 +95,26 @@ def _local_parts(fn: str, arg: str, items: Sequence[torch.Tensor]):
     return counted, local, meshes
 
 
+# Why meshes over different rank sets are refused: the metadata cannot tell two cases apart,
+# and each has its own answer. Both are tested in test_distributed.py (4 ranks).
+_DIFFERENT_RANK_SETS = (
+    "{fn}: the DTensors live on meshes over different ranks ({ranks}), so which elements count "
+    "once cannot be told from them. Two cases: (1) each mesh holds different parameters (pipeline "
+    "stages, each sharded over its own ranks): pass group= with a process group over every rank "
+    "that holds a part (for example the default group); (2) some parameters are the same on every "
+    "rank of another mesh dimension, e.g. a layer fully_shard-ed on mesh['dp'] but not "
+    "parallelized over 'tp' of a (dp, tp) mesh: make them Replicate DTensors on that dimension "
+    "(for example distribute_module(layer, mesh['tp']) before fully_shard(layer, mesh=mesh['dp'])), "
+    "so each counts once; group= would count them once per copy"
+)
+
+
 def _mesh_group(fn: str, meshes: list[DeviceMesh]) -> dist.ProcessGroup:
     """The one process group spanning the ranks of every mesh in the call."""
     if not torch.compiler.is_compiling():  # meshes are fixed: checked once in eager mode
         ranks = [sorted(m.mesh.flatten().tolist()) for m in meshes]
         if any(r != ranks[0] for r in ranks):
-            raise ValueError(
-                f"{fn}: the DTensors live on meshes over different ranks ({ranks}); pass group= "
-                "with a process group that spans all of them (for example the default group)"
-            )
+            raise ValueError(_DIFFERENT_RANK_SETS.format(fn=fn, ranks=ranks))
     if meshes[0].size() == dist.get_world_size():
         return dist.group.WORLD
     for mesh in meshes:
@@ -108,7 +122,10 @@ def _mesh_group(fn: str, meshes: list[DeviceMesh]) -> dist.ProcessGroup:
             return mesh.get_group()
     raise ValueError(
         f"{fn}: the DTensors' {meshes[0].ndim}-D mesh covers part of the world ({meshes[0].size()} of "
-        f"{dist.get_world_size()} ranks); pass group= with a process group over exactly those ranks"
+        f"{dist.get_world_size()} ranks: {sorted(meshes[0].mesh.flatten().tolist())}); pass group=: "
+        "a process group over exactly those ranks when the other ranks hold copies of the same "
+        "parameters (replicas), or over every rank that holds other parameters when they do "
+        "(pipeline stages: for example the default group)"
     )
 
 

@@ -250,3 +250,86 @@ def fsdp2_before_the_first_backward() -> dict:
         norm = totalnorm.get_total_norm(model.parameters())
         clipped = totalnorm.clip_grad_norm_(model.parameters(), 1.0)
     return {"norm": norm, "clipped": clipped, "collectives": comm.get_total_counts()}
+
+
+# The errors' advice, followed (4 ranks): each returns the error it got without the
+# advice, the norm with it, and the full gradients the parent computes the exact norm of.
+def _norm_or_error(grads, **kw):
+    try:
+        return totalnorm.total_norm(grads, **kw)
+    except ValueError as e:
+        return str(e)
+
+
+def _replicate_tp(mod, inputs, mesh):
+    return tuple(DTensor.from_local(t, mesh, [Replicate()]) for t in inputs)
+
+
+def _to_local(mod, outputs, mesh):
+    return outputs.to_local().clone()  # not a view: FSDP2 warns of views it returns
+
+
+def tp_with_an_fsdp_only_layer(advice_followed: bool) -> dict:
+    """FSDP x TP on a (dp, tp) mesh: a TP weight's gradient sharded on both dimensions, and a
+    Linear fully_shard-ed on mesh['dp'] only, so the same on both tp ranks. Following the
+    error's advice, the Linear is first made Replicate on tp with distribute_module."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_module
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    tp_grads = _dtensors(grads_for_layout("float32", "2d_shard_shard"), mesh, [Shard(0), Shard(1)])
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4)
+    if advice_followed:
+        distribute_module(layer, mesh["tp"], input_fn=_replicate_tp, output_fn=_to_local)
+    fully_shard(layer, mesh=mesh["dp"])
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(7))
+    layer(x).square().sum().backward()
+    layer_grads = [q.grad for q in layer.parameters()]
+    grads = tp_grads + layer_grads
+    return {
+        "layer_meshes": [g.device_mesh.mesh.tolist() for g in layer_grads],
+        "layer_placements": [tuple(type(pl).__name__ for pl in g.placements) for g in layer_grads],
+        "no_group": _norm_or_error(grads),
+        "with_group": _norm_or_error(grads, group=dist.group.WORLD),
+        "tp_full": [g.full_tensor() for g in tp_grads],
+        "layer_full": [g.full_tensor() for g in layer_grads],
+    }
+
+
+def stages_on_their_own_ranks() -> dict:
+    """Pipeline x FSDP on a (pp, dp) mesh: stage s's gradients sharded over its own ranks
+    (mesh['dp']: [0, 1] or [2, 3]), beside a table sharded over all four ranks: different
+    parameters on each mesh, so group= over every rank is the advice to follow."""
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "dp"))
+    stage = mesh.get_coordinate()[0]
+    stage_grads = _dtensors(full_grads("float32", seed=20 * stage), mesh["dp"], [Shard(0)])
+    table = _dtensors(full_grads("float32", seed=90), _mesh((dist.get_world_size(),)), [Shard(0)])
+    grads = stage_grads + table
+    return {"stage": stage, "no_group": _norm_or_error(grads),
+            "with_group": _norm_or_error(grads, group=dist.group.WORLD)}
+
+
+def nd_mesh_over_part_of_the_world(copies: bool) -> dict:
+    """Gradients on the 2-D mesh ['dp', 'tp'] of a (pp, dp, tp) = (2, 2, 1) mesh, half the world.
+    copies=False: pipeline stages (each stage its own gradients), so group= over every rank;
+    copies=True: the other half holds the same gradients (replicas), so group= over the mesh's ranks."""
+    mesh = init_device_mesh("cpu", (2, 2, 1), mesh_dim_names=("pp", "dp", "tp"))
+    stage = mesh.get_coordinate()[0]
+    sub = mesh["dp", "tp"]
+    grads = _dtensors(full_grads("float32", seed=0 if copies else 20 * stage), sub, [Shard(0), Replicate()])
+    halves, _ = dist.new_subgroups_by_enumeration([[0, 1], [2, 3]])
+    group = halves if copies else dist.group.WORLD
+    return {"stage": stage, "no_group": _norm_or_error(grads), "with_group": _norm_or_error(grads, group=group)}
+
+
+def partial_reduced_as_advised() -> dict:
+    """A (Shard(0), Partial()) gradient on a (2, 2) mesh, reduced as the error advises."""
+    mesh = _mesh((2, 2))
+    full = full_grads("float32")
+    shards = _dtensors(full, mesh, [Shard(0), Replicate()])
+    # Halves exactly: the two tp ranks' Partial values sum to the shard.
+    partial = [DTensor.from_local(s.to_local() / 2, mesh, [Shard(0), Partial()], run_check=False) for s in shards]
+    error = _norm_or_error(partial)
+    fixed = [t.redistribute(placements=[Shard(0), Replicate()]) for t in partial]
+    return {"error": error, "norm": totalnorm.total_norm(fixed)}

@@ -45,7 +45,7 @@ def test_opcheck_total_norm(device, name):
 @pytest.mark.xfail(
     strict=True,
     reason="known limitation: an empty list carries no device, so FakeTensorMode cannot run the op "
-    "itself on it; totalnorm.total_norm([]) is handled in Python under torch.compile (README)",
+    "itself on it; totalnorm.total_norm([]) is handled in Python under torch.compile (docs/semantics.md)",
 )
 def test_opcheck_total_norm_empty_list():
     # docs/semantics.md (Empty inputs): an empty list gives torch.tensor(0.0), on every entry point.

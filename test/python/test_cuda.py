@@ -179,7 +179,7 @@ def test_mixed_devices_clip_grad_norm_like_torch(first):
 @pytest.mark.xfail(
     strict=False,
     reason="known limitation: FakeTensor device propagation rejects one op over cpu and cuda inputs; "
-    "mixed-device lists work in eager mode only (README)",
+    "mixed-device lists work in eager mode only (docs/semantics.md)",
 )
 def test_compile_with_mixed_devices():
     # docs/semantics.md (Devices and tracing): any mix of devices, and torch.compile traces through the op.

@@ -159,3 +159,72 @@ def test_the_fsdp2_example_runs_under_torchrun_and_agrees_with_torch():
     assert len(steps) == 3, run.stdout
     for ours, theirs in steps:
         assert math.isclose(float(ours), float(theirs), rel_tol=1e-5), (ours, theirs)
+
+
+# Errors whose advice, followed, gives the exact norm (4 ranks: the two cases that
+# meshes over different rank sets cannot tell apart, and the other errors' advice).
+def _world4(pool):
+    if pool.world != 4:
+        pytest.skip("a (2, 2) mesh needs 4 ranks")
+
+
+def test_a_layer_implicitly_replicated_over_tp_needs_replicate_not_group(pool):
+    _world4(pool)
+    wrong, right = pool.run(sc.tp_with_an_fsdp_only_layer, False), pool.run(sc.tp_with_an_fsdp_only_layer, True)
+    tp_full, layer_full = wrong[0]["tp_full"], wrong[0]["layer_full"]
+    for r in right:  # the same model and batch either way
+        for a, b in zip(r["layer_full"], layer_full):
+            assert_bitwise_equal(a, b)
+    exact = reference_norm(tp_full + layer_full, 2.0)
+    # Without the advice: the layer is on the 1-D meshes [0, 2] / [1, 3]; the error names both cases.
+    for rank, r in enumerate(wrong):
+        assert r["layer_meshes"] == [[rank % 2, rank % 2 + 2]] * 2
+        message = r["no_group"]
+        assert isinstance(message, str) and "different ranks" in message, message
+        assert "group=" in message and "Replicate" in message and "distribute_module" in message
+        assert "once per copy" in message
+    # group= there counts the layer once per tp rank: the norm the error warns of, not the norm.
+    assert_same_on_every_rank([r["with_group"] for r in wrong])
+    check_value(wrong[0]["with_group"], reference_norm(tp_full + layer_full + layer_full, 2.0), 2.0)
+    assert abs(wrong[0]["with_group"].item() - exact) > 1e-3 * exact
+    # The advice followed: Replicate on tp, no group needed, the exact norm on every rank.
+    for r in right:
+        assert r["layer_placements"] == [("Shard", "Replicate")] * 2
+        assert isinstance(r["no_group"], torch.Tensor), r["no_group"]
+    assert_same_on_every_rank([r["no_group"] for r in right])
+    check_value(right[0]["no_group"], exact, 2.0)
+
+
+def test_pipeline_stages_on_their_own_ranks_need_group(pool):
+    _world4(pool)
+    results = pool.run(sc.stages_on_their_own_ranks)
+    everything = sc.full_grads("float32", seed=0) + sc.full_grads("float32", seed=20) + sc.full_grads("float32", seed=90)
+    for r in results:
+        message = r["no_group"]
+        assert isinstance(message, str) and "different ranks" in message and "pipeline" in message, message
+        assert "default group" in message
+    assert_same_on_every_rank([r["with_group"] for r in results])
+    check_value(results[0]["with_group"], reference_norm(everything, 2.0), 2.0)
+
+
+@pytest.mark.parametrize("copies", [False, True], ids=["stages", "replicas"])
+def test_an_nd_mesh_over_part_of_the_world_names_both_groups(pool, copies):
+    _world4(pool)
+    results = pool.run(sc.nd_mesh_over_part_of_the_world, copies)
+    if copies:
+        want = reference_norm(sc.full_grads("float32", seed=0), 2.0)
+    else:
+        want = reference_norm(sc.full_grads("float32", seed=0) + sc.full_grads("float32", seed=20), 2.0)
+    for r in results:
+        message = r["no_group"]
+        assert isinstance(message, str) and "part of the world" in message, message
+        assert "replicas" in message and "pipeline" in message
+        check_value(r["with_group"], want, 2.0)
+
+
+def test_a_partial_gradient_reduced_as_the_error_advises_gives_the_norm(pool):
+    _world4(pool)
+    results = pool.run(sc.partial_reduced_as_advised)
+    for r in results:
+        assert "Partial" in r["error"] and "redistribute" in r["error"] and "Not .full_tensor()" in r["error"]
+        check_value(r["norm"], reference_norm(sc.full_grads("float32"), 2.0), 2.0)

@@ -150,3 +150,21 @@ def test_grads_requiring_grad_give_a_result_without_grad(device):
 def test_non_tensor_parameters_are_rejected_naming_the_index():
     with pytest.raises(TypeError, match=r"get_total_norm: parameters\[1\] is a str"):
         totalnorm.get_total_norm([torch.nn.Parameter(torch.ones(2)), "weight"])
+
+
+def test_the_seed_example_prints_the_exact_value_beside_both():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "seed_example.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=script.parent)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "rounds once" in run.stdout  # the one line that says why they differ
+    rows = re.findall(r"L(\S+): exact (\S+)  totalnorm (\S+)  torch (\S+)", run.stdout)
+    assert [r[0] for r in rows] == ["2", "1", "inf"]
+    for _, exact, ours, theirs in rows:
+        assert math.isclose(float(ours), float(exact), rel_tol=2.4e-7)
+        assert math.isclose(float(theirs), float(exact), rel_tol=1e-6)

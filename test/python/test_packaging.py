@@ -161,3 +161,36 @@ def test_the_wheel_pins_the_torch_built_against():
     assert "totalnorm/libtotalnorm.so" in names
     assert any(n.startswith("totalnorm/_borrowed.") and n.endswith(".so") for n in names), names
     assert f"TORCH_VERSION = {TORCH!r}" in build_info
+
+
+def test_the_version_is_the_installed_distributions():
+    public = importlib.metadata.version("totalnorm").split("+")[0]
+    assert totalnorm.__version__ == public and public.count(".") == 2
+
+
+@pytest.mark.parametrize("running, supported", [
+    ("2.10.2", False), ("2.11.0+cu128", True), ("2.14.1+cu130", True), ("2.15.0", False), ("3.0.0", False),
+    ("2.16.0.dev20270101", False),
+])
+def test_a_torch_outside_the_supported_releases_is_named_beside_them(running, supported):
+    import warnings
+
+    from totalnorm import _loader
+    from totalnorm._version import TORCH_SUPPORTED
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _loader.check_supported(running) is supported
+    if supported:
+        assert not caught
+    else:
+        (w,) = caught
+        lo, hi = (f"{a}.{b}" for a, b in TORCH_SUPPORTED)
+        assert issubclass(w.category, RuntimeWarning)
+        assert f"torch {lo} to {hi}" in str(w.message) and f"torch {running} is running" in str(w.message)
+
+
+def test_the_running_torch_is_supported():  # CI's torch, and the GPU machines' 2.11
+    from totalnorm import _loader
+
+    assert _loader.check_supported(str(torch.__version__))
