@@ -187,15 +187,20 @@ def get_total_norm(
     """
     params, grads = _grads("get_total_norm", parameters)
     p = _as_norm_type("get_total_norm", norm_type)
+    return _grads_norm("get_total_norm", params, grads, p, error_if_nonfinite, group)
+
+
+def _grads_norm(fn: str, params: list, grads: list, p: float, error_if_nonfinite: bool, group) -> torch.Tensor:
+    """The norm of ``grads``, the defined gradients of ``params`` (get_total_norm's value; errors name ``fn``)."""
     if _across_ranks(params, group):
         from . import distributed
 
-        return distributed.norm_across("get_total_norm", "grads", grads, p, error_if_nonfinite, None, group, params)
+        return distributed.norm_across(fn, "grads", grads, p, error_if_nonfinite, None, group, params)
     if params and not grads:
         # No gradients: zero on the first parameter's device, in its dtype (the op checks norm_type).
         grads = [torch.empty(0, dtype=params[0].dtype, device=params[0].device)]
     op = torch.ops.totalnorm.total_norm.default
-    return _call(op, _fast_total_norm, "get_total_norm", "grads", grads, p, error_if_nonfinite, None)
+    return _call(op, _fast_total_norm, fn, "grads", grads, p, error_if_nonfinite, None)
 
 
 def clip_grad_norm_(
@@ -205,6 +210,9 @@ def clip_grad_norm_(
     error_if_nonfinite: bool = False,
     foreach: Optional[bool] = None,
     *,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    skip_nonfinite: bool = False,
+    scaler=None,
     group=None,
 ) -> torch.Tensor:
     """Clips the gradients of ``parameters`` in place; a drop-in for
@@ -217,10 +225,23 @@ def clip_grad_norm_(
     ``group`` and DTensor gradients work as in :func:`total_norm`; every local
     gradient, replicas included, is scaled by the same coefficient.
 
+    With ``optimizer=`` (Adam, AdamW or SGD with ``fused=True``) the gradients are
+    not touched: the coefficient is folded into that optimizer's next ``step()``
+    (its ``grad_scale``), and ``skip_nonfinite=True`` makes that step a no-op on the
+    device when the norm is NaN or infinite. ``scaler=`` is the ``GradScaler`` whose
+    scaled gradients these are. See :func:`totalnorm.optim.clip_grad_norm_` and
+    docs/fused_optimizers.md.
+
     Returns:
         The total norm of the gradients before clipping.
     """
     del foreach
+    if optimizer is not None or skip_nonfinite or scaler is not None:
+        from . import optim
+
+        return optim.clip_grad_norm_(
+            parameters, max_norm, norm_type, error_if_nonfinite, optimizer, skip_nonfinite, scaler, group
+        )
     params, grads = _grads("clip_grad_norm_", parameters)
     p = _as_norm_type("clip_grad_norm_", norm_type)
     if _across_ranks(params, group):
