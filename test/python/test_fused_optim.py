@@ -447,3 +447,28 @@ def test_a_captured_clip_and_step_replays_like_eager():
         torch.cuda.synchronize()
         for a, b in zip(pa + state_tensors(oa, pa), pb + state_tensors(ob, pb)):
             assert_bitwise_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Across ranks: FSDP2 DTensor gradients, fused AdamW, 2 Gloo ranks
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with Gloo is needed")
+def test_fsdp2_with_fused_adamw_across_two_ranks():
+    import dist_fused_scenarios as sc
+    from rank_pool import RankPool
+
+    ranks = RankPool(2)
+    try:
+        results = ranks.run(sc.fsdp2_fused_adamw, 5, 0.05, 2)
+    finally:
+        ranks.close()
+    for r in results:
+        assert r["skipped_equal"] is True  # rank 1's NaN made every rank skip
+        assert not r["leftover"]
+        assert r["worst_vs_torch"] < 1e-6, r["worst_vs_torch"]
+        for a, b in zip(r["folded"], r["clipped"]):
+            within_ulps(a, b, 4)
+    for a, b in zip(results[0]["folded"], results[1]["folded"]):
+        assert_bitwise_equal(a, b)
