@@ -233,28 +233,31 @@ def get_total_norm(
     """
     params, grads = _grads("get_total_norm", parameters)
     p = _as_norm_type("get_total_norm", norm_type)
+    return _grads_norm("get_total_norm", params, grads, p, error_if_nonfinite, group, per_tensor)
+
+
+def _grads_norm(
+    fn: str, params: list, grads: list, p: float, error_if_nonfinite: bool, group, per_tensor: bool = False
+) -> Union[torch.Tensor, PerTensorNorms]:
+    """The norm of ``grads``, the defined gradients of ``params`` (get_total_norm's value; errors name ``fn``)."""
     if _across_ranks(params, group):
         from . import distributed
 
         if per_tensor:
             return PerTensorNorms(
-                *distributed.norms_across(
-                    "get_total_norm", "grads", grads, p, error_if_nonfinite, None, group, params
-                )
+                *distributed.norms_across(fn, "grads", grads, p, error_if_nonfinite, None, group, params)
             )
-        return distributed.norm_across("get_total_norm", "grads", grads, p, error_if_nonfinite, None, group, params)
+        return distributed.norm_across(fn, "grads", grads, p, error_if_nonfinite, None, group, params)
     no_grads = bool(params) and not grads
     if no_grads:
         # No gradients: zero on the first parameter's device, in its dtype (the op checks norm_type).
         grads = [torch.empty(0, dtype=params[0].dtype, device=params[0].device)]
     if per_tensor:
         op = torch.ops.totalnorm.total_norm_per_tensor.default
-        total, per = _call(
-            op, _fast_total_norm_per_tensor, "get_total_norm", "grads", grads, p, error_if_nonfinite, None
-        )
+        total, per = _call(op, _fast_total_norm_per_tensor, fn, "grads", grads, p, error_if_nonfinite, None)
         return PerTensorNorms(total, per[:0] if no_grads else per)
     op = torch.ops.totalnorm.total_norm.default
-    return _call(op, _fast_total_norm, "get_total_norm", "grads", grads, p, error_if_nonfinite, None)
+    return _call(op, _fast_total_norm, fn, "grads", grads, p, error_if_nonfinite, None)
 
 
 def clip_grad_norm_(
@@ -264,6 +267,9 @@ def clip_grad_norm_(
     error_if_nonfinite: bool = False,
     foreach: Optional[bool] = None,
     *,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    skip_nonfinite: bool = False,
+    scaler=None,
     group=None,
     per_tensor: bool = False,
 ) -> Union[torch.Tensor, PerTensorNorms]:
@@ -277,12 +283,31 @@ def clip_grad_norm_(
     ``group`` and DTensor gradients work as in :func:`total_norm`; every local
     gradient, replicas included, is scaled by the same coefficient.
 
+    With ``optimizer=`` (Adam, AdamW or SGD with ``fused=True``) the gradients are
+    not touched: the coefficient is folded into that optimizer's next ``step()``
+    (its ``grad_scale``), and ``skip_nonfinite=True`` makes that step a no-op on the
+    device when the norm is NaN or infinite. ``scaler=`` is the ``GradScaler`` whose
+    scaled gradients these are. See :func:`totalnorm.optim.clip_grad_norm_` and
+    docs/fused_optimizers.md.
+
     Returns:
         The total norm of the gradients before clipping. With ``per_tensor=True``,
         :class:`PerTensorNorms`: the total and each gradient's own norm before
         clipping (one entry per parameter that has a gradient), from the same pass.
     """
     del foreach
+    if optimizer is not None or skip_nonfinite or scaler is not None:
+        if per_tensor:
+            raise ValueError(
+                "clip_grad_norm_: per_tensor=True is not supported together with optimizer=, "
+                "skip_nonfinite= or scaler= yet; call totalnorm.get_total_norm(..., per_tensor=True) "
+                "for the per-tensor norms (a second read of the gradients)"
+            )
+        from . import optim
+
+        return optim.clip_grad_norm_(
+            parameters, max_norm, norm_type, error_if_nonfinite, optimizer, skip_nonfinite, scaler, group
+        )
     params, grads = _grads("clip_grad_norm_", parameters)
     p = _as_norm_type("clip_grad_norm_", norm_type)
     if _across_ranks(params, group):

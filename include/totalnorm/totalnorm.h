@@ -34,6 +34,14 @@ at::Tensor get_total_norm(const std::vector<at::Tensor>& parameters, double norm
 // Computes the gradients' total norm, then scales every gradient in place by
 // clamp(max_norm / (norm + 1e-6), max=1) without reading the norm on the host.
 // Returns the norm before clipping, like torch::nn::utils::clip_grad_norm_.
+//
+// There is no C++ counterpart of Python's clip_grad_norm_(..., optimizer=): the
+// torch::optim classes (Adam, AdamW, SGD) have no fused step and take no grad_scale
+// or found_inf. A C++ loop that calls ATen's fused kernels itself
+// (at::_fused_adamw_, at::_fused_adam_, at::_fused_sgd_, whose optional grad_scale
+// and found_inf arguments are 0-dim float32 tensors) can fold the clip the same way:
+// grad_scale = the reciprocal of finalize_clip's coefficient, found_inf = 1.0 where
+// the norm is not finite (docs/semantics.md, Clipping folded into a fused optimizer).
 at::Tensor clip_grad_norm_(const std::vector<at::Tensor>& parameters, double max_norm,
                            double norm_type = 2.0, bool error_if_nonfinite = false);
 
