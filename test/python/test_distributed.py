@@ -159,3 +159,13 @@ def test_the_fsdp2_example_runs_under_torchrun_and_agrees_with_torch():
     assert len(steps) == 3, run.stdout
     for ours, theirs in steps:
         assert math.isclose(float(ours), float(theirs), rel_tol=1e-5), (ours, theirs)
+
+
+def test_local_parts_in_c_equal_the_python_loop(pool):
+    for r in pool.run(sc.local_parts_in_c_and_in_python_agree):
+        for name, fast, slow, *rest in r:
+            assert fast == slow, name
+            if name == "partial first":
+                assert fast.startswith("ValueError") and "tensors[1]" in fast and "Partial" in fast
+            if name == "non-tensor first":
+                assert fast == "TypeError: total_norm: tensors[1] is a str, not a Tensor"
