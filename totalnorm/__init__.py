@@ -55,6 +55,8 @@ _fast_total_norm_per_tensor = getattr(_borrowed, "total_norm_per_tensor", None)
 _fast_clip_grad_norm_per_tensor_ = getattr(_borrowed, "clip_grad_norm_per_tensor_", None)
 _fast_partials = getattr(_borrowed, "partials", None)
 _fast_scale_ = getattr(_borrowed, "scale_", None)
+_fast_local_parts = getattr(_borrowed, "local_parts", None)
+_fast_local_summary = getattr(_borrowed, "local_summary", None)
 
 TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 

@@ -34,6 +34,13 @@
 // dispatch keys (autograd, functorch, the tracer) are the dispatcher's, as for
 // any other call.
 //
+// Two more entries serve the across-ranks path (totalnorm/distributed.py) with
+// one C pass each instead of Python loops over thousands of DTensors:
+// local_parts (which local shards this rank counts) and local_summary (the
+// result dtype and the common device of the local tensors). They only read
+// Python objects and build new lists; nothing is borrowed across a call into
+// Python.
+//
 // This is the one part of totalnorm that links libtorch_python and Python; the
 // operators themselves live in the Python-free libtotalnorm.so, which the
 // package loads first (this module finds the operators by name).
@@ -43,6 +50,8 @@
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/Device.h>
+#include <torch/csrc/DynamicTypes.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -50,6 +59,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../dispatch.h"
@@ -290,6 +300,181 @@ PyObject* scale_(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) 
   END_HANDLE_TH_ERRORS
 }
 
+// An owned reference, released on scope exit (exceptions included).
+class Ref {
+ public:
+  Ref() = default;
+  explicit Ref(PyObject* owned) : p_(owned) {}
+  Ref(Ref&& other) noexcept : p_(std::exchange(other.p_, nullptr)) {}
+  Ref& operator=(Ref&& other) noexcept {
+    std::swap(p_, other.p_);
+    return *this;
+  }
+  Ref(const Ref&) = delete;
+  Ref& operator=(const Ref&) = delete;
+  ~Ref() { Py_XDECREF(p_); }
+  static Ref of(PyObject* borrowed) {
+    Py_XINCREF(borrowed);
+    return Ref(borrowed);
+  }
+  PyObject* get() const { return p_; }
+  PyObject* release() { return std::exchange(p_, nullptr); }
+  explicit operator bool() const { return p_ != nullptr; }
+
+ private:
+  PyObject* p_ = nullptr;
+};
+
+// Whether this rank counts a DTensor's local shard, decided once per mesh and
+// kinds (types) of placements: what totalnorm.distributed._local_parts keys on.
+// Owns the mesh and the types it compares by identity, so neither address can
+// be reused by another object while the call runs.
+struct Decision {
+  Ref mesh;
+  std::vector<Ref> kinds;
+  bool counts = false;
+
+  // Whether a DTensor on `other_mesh` with these placements (a tuple) has this key.
+  bool matches(PyObject* other_mesh, PyObject* placements) const {
+    if (mesh.get() != other_mesh || kinds.size() != static_cast<size_t>(PyTuple_GET_SIZE(placements))) return false;
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      const auto* kind = Py_TYPE(PyTuple_GET_ITEM(placements, static_cast<Py_ssize_t>(k)));
+      if (kinds[k].get() != reinterpret_cast<const PyObject*>(kind)) return false;
+    }
+    return true;
+  }
+};
+
+PyObject* interned(const char* name) {
+  PyObject* s = PyUnicode_InternFromString(name);  // kept for the life of the process
+  if (s == nullptr) throw python_error();
+  return s;
+}
+
+// local_parts(items: list, dtensor: type, counts_here, fn: str, arg: str):
+// totalnorm.distributed._local_parts in one pass: (counted, local, meshes), new
+// lists. A DTensor (an instance of `dtensor`, subclasses included) gives its
+// `_spec`'s mesh and its `_local_tensor`, counted when counts_here(fn, arg, i,
+// mesh, placements) says so, called once per new (mesh, placement types) and
+// allowed to raise; an exact Tensor or Parameter counts whole. NotImplemented
+// for anything else (another object, another Tensor subclass, placements that
+// are not a tuple): the caller's Python loop then takes the list and raises its
+// errors (counts_here has no side effects, so calling it again is harmless). Nothing is borrowed past a call into Python: the item being read is
+// referenced (counts_here may change the list, which is re-read at every index,
+// as a Python loop over it would be).
+PyObject* local_parts(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+#if defined(Py_GIL_DISABLED)
+  return not_implemented();
+#endif
+  if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyType_Check(args[1])) return not_implemented();
+  PyObject* const items = args[0];
+  auto* const dtensor = reinterpret_cast<PyTypeObject*>(args[1]);
+  static PyObject* const spec_name = interned("_spec");
+  static PyObject* const local_name = interned("_local_tensor");
+  static PyObject* const mesh_name = interned("mesh");
+  static PyObject* const placements_name = interned("placements");
+  Ref counted(PyList_New(0));
+  Ref local(PyList_New(0));
+  Ref meshes(PyList_New(0));
+  if (!counted || !local || !meshes) return nullptr;
+  std::vector<Decision> decided;
+  size_t last = 0;  // the decision the previous DTensor used
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); ++i) {
+    const Ref item = Ref::of(PyList_GET_ITEM(items, i));
+    if (THPVariable_CheckExact(item.get())) {
+      if (PyList_Append(local.get(), item.get()) < 0 || PyList_Append(counted.get(), item.get()) < 0) return nullptr;
+      continue;
+    }
+    if (!PyType_IsSubtype(Py_TYPE(item.get()), dtensor)) return not_implemented();
+    const Ref spec(PyObject_GetAttr(item.get(), spec_name));
+    if (!spec) return nullptr;
+    const Ref part(PyObject_GetAttr(item.get(), local_name));
+    if (!part) return nullptr;
+    const Ref mesh(PyObject_GetAttr(spec.get(), mesh_name));
+    if (!mesh) return nullptr;
+    const Ref placements(PyObject_GetAttr(spec.get(), placements_name));
+    if (!placements) return nullptr;
+    if (!PyTuple_Check(placements.get())) return not_implemented();
+    if (last >= decided.size() || !decided[last].matches(mesh.get(), placements.get())) {
+      last = 0;
+      while (last < decided.size() && !decided[last].matches(mesh.get(), placements.get())) ++last;
+      if (last == decided.size()) {
+        // The key is taken before the call, as _local_parts takes it.
+        Decision d{Ref::of(mesh.get()), {}, false};
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(placements.get()); ++k) {
+          d.kinds.push_back(Ref::of(reinterpret_cast<PyObject*>(Py_TYPE(PyTuple_GET_ITEM(placements.get(), k)))));
+        }
+        const Ref index(PyLong_FromSsize_t(i));
+        if (!index) return nullptr;
+        PyObject* call_args[] = {args[3], args[4], index.get(), mesh.get(), placements.get()};
+        const Ref answer(PyObject_Vectorcall(args[2], call_args, 5, nullptr));
+        if (!answer) return nullptr;
+        const int counts = PyObject_IsTrue(answer.get());
+        if (counts < 0) return nullptr;
+        d.counts = counts == 1;
+        decided.push_back(std::move(d));
+      }
+    }
+    bool seen = false;
+    for (Py_ssize_t m = PyList_GET_SIZE(meshes.get()); m-- > 0 && !seen;) {
+      seen = PyList_GET_ITEM(meshes.get(), m) == mesh.get();
+    }
+    if (!seen && PyList_Append(meshes.get(), mesh.get()) < 0) return nullptr;
+    if (PyList_Append(local.get(), part.get()) < 0) return nullptr;
+    if (decided[last].counts && PyList_Append(counted.get(), part.get()) < 0) return nullptr;
+  }
+  return PyTuple_Pack(3, counted.get(), local.get(), meshes.get());
+  END_HANDLE_TH_ERRORS
+}
+
+// local_summary(tensors: list): (dtype, device) of a non-empty list of exact
+// Tensors and Parameters, in one pass: the promotion of their real dtypes (what
+// totalnorm.distributed.result_dtype computes), and the device they all share, or
+// None. NotImplemented for anything else, for a dtype the operators do not take
+// (result_dtype then computes it, or the operator rejects it), and under an
+// active torch function mode (which would see Python's reads of .dtype and .device).
+PyObject* local_summary(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 1 || !PyList_CheckExact(args[0]) || PyList_GET_SIZE(args[0]) == 0 ||
+      at::impl::torch_function_mode_enabled()) {
+    return not_implemented();
+  }
+  // No Python code runs in the loop: the list and its items stay as they are.
+  PyObject* const list = args[0];
+  std::optional<at::ScalarType> seen;  // the last dtype seen
+  at::ScalarType out = at::kFloat;
+  std::optional<c10::Device> device;
+  bool one_device = true;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+    PyObject* item = PyList_GET_ITEM(list, i);
+    if (!THPVariable_CheckExact(item)) return not_implemented();
+    const at::Tensor& t = THPVariable_Unpack(item);
+    const at::ScalarType kind = t.scalar_type();
+    if (kind != seen) {
+      at::ScalarType real = kind;
+      switch (kind) {
+        case at::kComplexFloat: real = at::kFloat; break;
+        case at::kComplexDouble: real = at::kDouble; break;
+        case at::kHalf: case at::kBFloat16: case at::kFloat: case at::kDouble: break;
+        default: return not_implemented();
+      }
+      out = seen ? c10::promoteTypes(out, real) : real;
+      seen = kind;
+    }
+    if (!device) {
+      device = t.device();
+    } else if (one_device && t.device() != *device) {
+      one_device = false;
+    }
+  }
+  Ref dtype = Ref::of(reinterpret_cast<PyObject*>(torch::getTHPDtype(out)));
+  Ref where = one_device ? Ref(THPDevice_New(*device)) : Ref::of(Py_None);
+  if (!where) return nullptr;
+  return PyTuple_Pack(2, dtype.get(), where.get());
+  END_HANDLE_TH_ERRORS
+}
+
 // _releases_gil(tensors: list, passes: int, norm_type: float, waits_for_device: bool):
 // whether a call on this list would release the GIL (for tests of the policy).
 PyObject* releases_gil(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
@@ -319,6 +504,10 @@ PyMethodDef methods[] = {
      "torch.ops.totalnorm.clip_grad_norm_per_tensor_.default, borrowed."},
     {"partials", fastcall<&partials>(), METH_FASTCALL, "torch.ops.totalnorm.partials.default, borrowed."},
     {"scale_", fastcall<&scale_>(), METH_FASTCALL, "torch.ops.totalnorm.scale_.default, borrowed."},
+    {"local_parts", fastcall<&local_parts>(), METH_FASTCALL,
+     "totalnorm.distributed._local_parts in one pass: (counted, local, meshes)."},
+    {"local_summary", fastcall<&local_summary>(), METH_FASTCALL,
+     "(result dtype, common device or None) of a list of plain tensors."},
     {"_releases_gil", fastcall<&releases_gil>(), METH_FASTCALL, "Whether a call on this list releases the GIL."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -333,3 +333,57 @@ def partial_reduced_as_advised() -> dict:
     error = _norm_or_error(partial)
     fixed = [t.redistribute(placements=[Shard(0), Replicate()]) for t in partial]
     return {"error": error, "norm": totalnorm.total_norm(fixed)}
+
+
+def _python_local_parts(items):
+    """totalnorm.distributed._local_parts with its C pass switched off."""
+    import totalnorm.distributed as td
+
+    fast, totalnorm._fast_local_parts = totalnorm._fast_local_parts, None
+    try:
+        return td._local_parts("total_norm", "tensors", items)
+    except (TypeError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    finally:
+        totalnorm._fast_local_parts = fast
+
+
+class SubDTensor(DTensor):
+    """A DTensor subclass: counted by the same rules."""
+
+
+def local_parts_in_c_and_in_python_agree() -> list:
+    """The C pass of _local_parts against its Python loop: the same tensors (by identity),
+    meshes and errors, on lists mixing meshes, placements, plain tensors and a subclass."""
+    import totalnorm.distributed as td
+
+    world = dist.get_world_size()
+    rows = 2 if world >= 4 else 1
+    flat, square = _mesh((world,)), _mesh((rows, world // rows))
+    shard = _dtensors(full_grads("float32", seed=0), flat, [Shard(0)])
+    replicated = _dtensors(full_grads("float32", seed=10), flat, [Replicate()])
+    mixed = _dtensors(full_grads("float32", seed=20), square, [Shard(0), Replicate()])
+    sub = DTensor.from_local(torch.ones(3), flat, [Replicate()], run_check=False)
+    sub.__class__ = SubDTensor
+    partial = DTensor.from_local(torch.ones(3), flat, [Partial()], run_check=False)
+    plain = [torch.ones(2), torch.nn.Parameter(torch.ones(3))]
+    cases = {
+        "mixed": shard[:2] + plain[:1] + mixed + replicated + [sub] + shard[2:] + plain[1:],
+        "plain only": plain,
+        "partial first": shard[:1] + [partial, "x"],
+        "non-tensor first": shard[:1] + ["x", partial],
+    }
+    taken = totalnorm._fast_local_parts(cases["mixed"], DTensor, td._counts_here, "f", "a") is not NotImplemented
+    out = [("C pass taken", taken, True)]
+    for name, items in cases.items():
+        try:
+            fast = td._local_parts("total_norm", "tensors", items)
+        except (TypeError, ValueError) as e:
+            fast = f"{type(e).__name__}: {e}"
+        slow = _python_local_parts(items)
+        if isinstance(slow, str):
+            out.append((name, fast, slow))
+        else:
+            out.append((name, [[id(t) for t in part] for part in fast], [[id(t) for t in part] for part in slow],
+                        len(fast[0])))
+    return out

@@ -14,6 +14,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 import torch
@@ -395,3 +396,110 @@ def test_calls_keep_the_gil_only_when_short():
     assert releases(meta, 1, 2.0, False) is False
     assert releases(meta, 1, 2.0, True) is True
     assert releases(small + meta, 1, 2.0, False) is True  # mixed devices may copy and wait
+
+
+# --- local_parts and local_summary: the across-ranks path's passes over the list ---
+# local_parts takes the DTensor type as an argument; here a stand-in Tensor subclass
+# with the attributes it reads (test_distributed.py compares it with real DTensors).
+
+
+class _Spec:
+    def __init__(self, mesh, placements):
+        self.mesh, self.placements = mesh, placements
+
+
+class _Kind:
+    """Stand-ins for placement kinds: the key is the tuple of their types."""
+
+
+class _Other:
+    pass
+
+
+class FakeDTensor(torch.Tensor):
+    pass
+
+
+def fake_dtensor(local: torch.Tensor, mesh, placements) -> FakeDTensor:
+    t = torch.empty(0).as_subclass(FakeDTensor)
+    t._spec, t._local_tensor = _Spec(mesh, placements), local
+    return t
+
+
+def test_local_parts_decides_once_per_mesh_and_placement_kinds():
+    mesh_a, mesh_b = object(), object()
+    calls = []
+
+    def counts_here(fn, arg, i, mesh, placements):
+        calls.append((fn, arg, i, mesh, type(placements[0])))
+        return mesh is mesh_a and type(placements[0]) is _Kind
+
+    parts = [torch.randn(k + 1) for k in range(6)]
+    plain = torch.nn.Parameter(torch.randn(2))
+    items = [fake_dtensor(parts[0], mesh_a, (_Kind(),)), plain, fake_dtensor(parts[1], mesh_b, (_Kind(),)),
+             fake_dtensor(parts[2], mesh_a, (_Other(),)), fake_dtensor(parts[3], mesh_a, (_Kind(),)),
+             fake_dtensor(parts[4], mesh_b, (_Kind(),)), fake_dtensor(parts[5], mesh_a, [_Kind()])]
+    assert B.local_parts(items, FakeDTensor, counts_here, "f", "grads") is NotImplemented  # a list of placements
+    calls.clear()
+    counted, local, meshes = B.local_parts(items[:-1], FakeDTensor, counts_here, "f", "grads")
+    assert [c[2] for c in calls] == [0, 2, 3] and all(c[:2] == ("f", "grads") for c in calls)
+    assert [id(t) for t in counted] == [id(parts[0]), id(plain), id(parts[3])]
+    assert [id(t) for t in local] == [id(parts[0]), id(plain), id(parts[1]), id(parts[2]), id(parts[3]), id(parts[4])]
+    assert [id(m) for m in meshes] == [id(mesh_a), id(mesh_b)]
+
+
+def test_local_parts_raises_what_counts_here_raises_and_hands_back_the_rest():
+    mesh = object()
+
+    def refuses(fn, arg, i, mesh, placements):
+        raise ValueError(f"{fn}: {arg}[{i}] refused")
+
+    good = fake_dtensor(torch.ones(2), mesh, (_Kind(),))
+    with pytest.raises(ValueError, match=r"^f: tensors\[1\] refused$"):
+        B.local_parts([torch.ones(1), good], FakeDTensor, refuses, "f", "tensors")
+    for other in ("not a tensor", torch.ones(1).as_subclass(TensorWithTorchFunction)):
+        assert B.local_parts([good, other], FakeDTensor, lambda *a: True, "f", "t") is NotImplemented
+    assert B.local_parts((good,), FakeDTensor, lambda *a: True, "f", "t") is NotImplemented
+    assert B.local_parts([], FakeDTensor, lambda *a: True, "f", "t") == ([], [], [])
+
+
+def test_local_parts_survives_a_decision_that_empties_the_list_and_collects_garbage():
+    # The item being read and the key's mesh and types are owned across the call into
+    # Python; the list is read again at every index, as a Python loop reads it.
+    items = [fake_dtensor(torch.full((3,), float(k)), object(), (_Kind(),)) for k in range(4)]
+
+    def clears(fn, arg, i, mesh, placements):
+        items.clear()
+        gc.collect()
+        return True
+
+    counted, local, meshes = B.local_parts(items, FakeDTensor, clears, "f", "t")
+    assert len(counted) == len(local) == len(meshes) == 1 and counted[0] is local[0]
+    assert counted[0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_local_summary_is_the_result_dtype_and_the_common_device():
+    from totalnorm.distributed import result_dtype
+
+    cases = [
+        ([torch.ones(2, dtype=torch.bfloat16), torch.ones(1, dtype=torch.float16)], torch.float32),
+        ([torch.ones(2, dtype=torch.complex128), torch.ones(1, dtype=torch.float32)], torch.float64),
+        ([torch.ones(2, dtype=torch.complex64), torch.nn.Parameter(torch.ones(1, dtype=torch.bfloat16))],
+         torch.float32),
+        ([torch.ones(2, dtype=torch.float16)] * 3, torch.float16),
+    ]
+    for tensors, want in cases:
+        assert B.local_summary(tensors) == (want, torch.device("cpu"))
+        assert result_dtype(tensors, None) == want
+    assert B.local_summary([torch.ones(1), torch.ones(1, device="meta")]) == (torch.float32, None)
+    with warnings.catch_warnings():  # "ComplexHalf support is experimental"
+        warnings.simplefilter("ignore", UserWarning)
+        # complex32: result_dtype keeps it (torch.complex32 has no entry in _REAL_OF)
+        complex_half = torch.ones(1, dtype=torch.complex32)
+    handed_back = [[], (torch.ones(1),), [torch.ones(1), 2.0], [torch.ones(1, dtype=torch.int64)],
+                   [complex_half], [torch.ones(1).as_subclass(TensorWithTorchFunction)]]
+    for tensors in handed_back:
+        assert B.local_summary(tensors) is NotImplemented
+    plain = [torch.ones(1)]
+    with TorchFunctionMode():  # Python's .dtype reads would reach the mode
+        assert B.local_summary(plain) is NotImplemented

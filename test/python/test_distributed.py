@@ -228,3 +228,13 @@ def test_a_partial_gradient_reduced_as_the_error_advises_gives_the_norm(pool):
     for r in results:
         assert "Partial" in r["error"] and "redistribute" in r["error"] and "Not .full_tensor()" in r["error"]
         check_value(r["norm"], reference_norm(sc.full_grads("float32"), 2.0), 2.0)
+
+
+def test_local_parts_in_c_equal_the_python_loop(pool):
+    for r in pool.run(sc.local_parts_in_c_and_in_python_agree):
+        for name, fast, slow, *rest in r:
+            assert fast == slow, name
+            if name == "partial first":
+                assert fast.startswith("ValueError") and "tensors[1]" in fast and "Partial" in fast
+            if name == "non-tensor first":
+                assert fast == "TypeError: total_norm: tensors[1] is a str, not a Tensor"
