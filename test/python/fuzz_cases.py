@@ -412,7 +412,10 @@ def run_norm_case(case: Case) -> Outcome:
 
 def _per_tensor_error(case, tensors, want_dtype) -> Optional[str]:
     """per_tensor=True (docs/semantics.md, Per-tensor norms): the total-only bits, and
-    every entry its own tensor's norm to the same bounds."""
+    every entry its own tensor's norm to the same bounds. CPU tensors only: the
+    per-tensor steps have no CUDA kernels yet (test_per_tensor.py's strict xfail)."""
+    if any(t.device.type != "cpu" for t in tensors):
+        return None
     total, per = totalnorm.total_norm(tensors, case.p, dtype=case.dtype, per_tensor=True)
     if not equal_bits_nan_any(total, totalnorm.total_norm(tensors, case.p, dtype=case.dtype)):
         return f"per_tensor=True total {total!r} is not the total-only call's bits"

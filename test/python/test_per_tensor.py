@@ -31,7 +31,14 @@ import totalnorm
 ops = torch.ops.totalnorm
 
 
-@pytest.fixture(params=DEVICES)
+# The CUDA kernels of the per-tensor steps are not written yet: on a GPU these tests
+# must raise the dispatcher's NotImplementedError, and flip to XPASS (a failure) once
+# the kernels land, which is when this mark goes.
+CUDA_NOT_YET = pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                                 reason="per-tensor steps have no CUDA kernels yet")
+
+
+@pytest.fixture(params=[pytest.param(d, marks=CUDA_NOT_YET if d == "cuda" else ()) for d in DEVICES])
 def device(request):
     return request.param
 
@@ -311,6 +318,7 @@ def test_top_k_puts_nan_then_inf_then_the_largest_first():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a CUDA matter")
+@CUDA_NOT_YET
 def test_named_grad_norms_does_not_synchronize_with_the_device():
     model = _model_with_grads("cuda")
     torch.cuda.set_sync_debug_mode("error")
