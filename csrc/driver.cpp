@@ -67,7 +67,9 @@ at::Tensor empty_list_norm(std::optional<at::ScalarType> dtype) {
   return at::zeros({}, at::TensorOptions().dtype(dtype.value_or(at::get_default_dtype_as_scalartype())));
 }
 
-at::Tensor total_norm_composite(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
+}  // namespace
+
+at::Tensor total_norm_by_device(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
                                 std::optional<at::ScalarType> dtype) {
   check_arguments("total_norm", "tensors", tensors, norm_type, dtype);
   if (tensors.empty()) return empty_list_norm(dtype);
@@ -76,7 +78,7 @@ at::Tensor total_norm_composite(at::TensorList tensors, double norm_type, bool e
   return total;
 }
 
-at::Tensor clip_grad_norm_composite(at::TensorList grads, double max_norm, double norm_type,
+at::Tensor clip_grad_norm_by_device(at::TensorList grads, double max_norm, double norm_type,
                                     bool error_if_nonfinite) {
   // Every check that can fail runs before the first gradient is written.
   check_arguments("clip_grad_norm_", "grads", grads, norm_type, std::nullopt);
@@ -88,6 +90,8 @@ at::Tensor clip_grad_norm_composite(at::TensorList grads, double max_norm, doubl
   scale_by_device_(grads, coef);
   return total;
 }
+
+namespace {
 
 // An empty list carries no device: its partial is (0 elements, the identity)
 // on the CPU. Non-empty lists only reach this kernel from a device that no
@@ -101,8 +105,8 @@ at::Tensor partials_of_nothing(at::TensorList tensors, double norm_type) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(totalnorm, CompositeExplicitAutograd, m) {
-  m.impl("total_norm", &total_norm_composite);
-  m.impl("clip_grad_norm_", &clip_grad_norm_composite);
+  m.impl("total_norm", &total_norm_by_device);
+  m.impl("clip_grad_norm_", &clip_grad_norm_by_device);
   m.impl("partials", &partials_of_nothing);
 }
 
