@@ -97,7 +97,9 @@ at::Tensor empty_list_norm(std::optional<at::ScalarType> dtype) {
   return at::zeros({}, at::TensorOptions().dtype(dtype.value_or(at::get_default_dtype_as_scalartype())));
 }
 
-at::Tensor total_norm_composite(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
+}  // namespace
+
+at::Tensor total_norm_by_device(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
                                 std::optional<at::ScalarType> dtype) {
   check_arguments("total_norm", "tensors", tensors, norm_type, dtype);
   if (tensors.empty()) return empty_list_norm(dtype);
@@ -106,7 +108,7 @@ at::Tensor total_norm_composite(at::TensorList tensors, double norm_type, bool e
   return total;
 }
 
-at::Tensor clip_grad_norm_composite(at::TensorList grads, double max_norm, double norm_type,
+at::Tensor clip_grad_norm_by_device(at::TensorList grads, double max_norm, double norm_type,
                                     bool error_if_nonfinite) {
   // Every check that can fail runs before the first gradient is written.
   check_arguments("clip_grad_norm_", "grads", grads, norm_type, std::nullopt);
@@ -118,6 +120,8 @@ at::Tensor clip_grad_norm_composite(at::TensorList grads, double max_norm, doubl
   scale_by_device_(grads, coef);
   return total;
 }
+
+namespace {
 
 // An empty list: a CPU zero and an empty per-tensor vector, both of `dtype`
 // (or of the default dtype).
@@ -175,8 +179,8 @@ std::tuple<at::Tensor, at::Tensor> partials_per_tensor_of_nothing(at::TensorList
 }  // namespace
 
 TORCH_LIBRARY_IMPL(totalnorm, CompositeExplicitAutograd, m) {
-  m.impl("total_norm", &total_norm_composite);
-  m.impl("clip_grad_norm_", &clip_grad_norm_composite);
+  m.impl("total_norm", &total_norm_by_device);
+  m.impl("clip_grad_norm_", &clip_grad_norm_by_device);
   m.impl("partials", &partials_of_nothing);
   m.impl("partials_per_tensor", &partials_per_tensor_of_nothing);
   m.impl("total_norm_per_tensor", &total_norm_per_tensor_composite);

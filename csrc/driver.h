@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -26,5 +27,14 @@ std::tuple<at::Tensor, at::Tensor> partials_per_tensor_by_device(at::TensorList 
 
 // scale_ of each device's tensors by the coefficient, copied to that device.
 void scale_by_device_(at::TensorList tensors, const at::Tensor& coef);
+
+// total_norm and clip_grad_norm_ from the per-device steps (partials, finalize
+// or finalize_clip, scale_), for any list: the kernels of every backend without
+// its own (CompositeExplicitAutograd). The CUDA backend fuses lists on one GPU
+// and hands the others here.
+at::Tensor total_norm_by_device(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
+                                std::optional<at::ScalarType> dtype);
+at::Tensor clip_grad_norm_by_device(at::TensorList grads, double max_norm, double norm_type,
+                                    bool error_if_nonfinite);
 
 }  // namespace totalnorm

@@ -23,7 +23,9 @@ struct Layout {
 constexpr int64_t kLayoutWords = 1 + 2 * kMaxDims;  // int64 words of a Layout in a device table
 static_assert(sizeof(Layout) == kLayoutWords * sizeof(int64_t), "a Layout is a plain array of int64");
 
-// Offset, in elements, of the i-th element in logical order.
+// Offset, in elements, of the i-th element in logical order: a division per
+// dimension, so the kernels call it once per piece, not per element (see
+// LayoutCursor).
 TOTALNORM_HD int64_t offset_of(const Layout& layout, int64_t i) {
   int64_t offset = 0;
   for (int64_t d = layout.dims - 1; d >= 0; --d) {
@@ -33,6 +35,70 @@ TOTALNORM_HD int64_t offset_of(const Layout& layout, int64_t i) {
   }
   return offset;
 }
+
+// A position in a layout's logical order, walked without division: the
+// multi-index, innermost dimension first (index[k] is dimension dims - 1 - k),
+// and the offset in elements of the element there. The outermost index never
+// wraps, so a cursor moved past the end keeps a consistent (unused) offset.
+// at() places one with a division per dimension; step_one() and advance()
+// move it with one compare (and rarely a carry) per dimension.
+struct LayoutCursor {
+  int64_t index[kMaxDims];
+  int64_t offset;
+
+  // The cursor at logical element i (also the digits of an advance by i).
+  TOTALNORM_HD static LayoutCursor at(const Layout& layout, int64_t i) {
+    LayoutCursor c{};
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int k = 0; k < kMaxDims; ++k) {
+      const int64_t d = layout.dims - 1 - k;
+      if (d < 0) break;
+      const int64_t size = layout.sizes[d];
+      c.index[k] = d == 0 ? i : i % size;  // the outermost takes what is left
+      c.offset += c.index[k] * layout.strides[d];
+      if (d > 0) i /= size;
+    }
+    return c;
+  }
+
+  // To the next element in logical order.
+  TOTALNORM_HD void step_one(const Layout& layout) {
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int k = 0; k < kMaxDims; ++k) {
+      const int64_t d = layout.dims - 1 - k;
+      offset += layout.strides[d];
+      if (++index[k] < layout.sizes[d] || d == 0) return;
+      index[k] = 0;  // wraps: carry into the next dimension out
+      offset -= layout.sizes[d] * layout.strides[d];
+    }
+  }
+
+  // Forward by the element count whose cursor (LayoutCursor::at) is `by`:
+  // its indices are added digit by digit, with carries.
+  TOTALNORM_HD void advance(const Layout& layout, const LayoutCursor& by) {
+    offset += by.offset;
+    int64_t carry = 0;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int k = 0; k < kMaxDims; ++k) {
+      const int64_t d = layout.dims - 1 - k;
+      if (d < 0) break;
+      int64_t i = index[k] + by.index[k] + carry;
+      offset += carry * layout.strides[d];
+      carry = d > 0 && i >= layout.sizes[d] ? 1 : 0;
+      if (carry) {
+        i -= layout.sizes[d];
+        offset -= layout.sizes[d] * layout.strides[d];
+      }
+      index[k] = i;
+    }
+  }
+};
 
 // The layout of a non-empty tensor with these sizes and strides, with size-1
 // dimensions dropped and dimensions that continue each other merged; false

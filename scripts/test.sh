@@ -23,9 +23,14 @@ rm -rf "$wheel_dir"
 TOTALNORM_CMAKE_BUILD_DIR=$build "$python" -m pip wheel -q --no-build-isolation --no-deps . -w "$wheel_dir"
 part "pip install + pip wheel"
 cmake -S . -B "$build" -GNinja -DCMAKE_BUILD_TYPE=Release -DTOTALNORM_BUILD_TESTS=ON -DTOTALNORM_BUILD_EXAMPLES=ON \
-  -DCMAKE_LIBRARY_OUTPUT_DIRECTORY= -DTOTALNORM_GTEST_SOURCE_DIR="$gtest_dir" \
+  -DCMAKE_LIBRARY_OUTPUT_DIRECTORY= -DTOTALNORM_GTEST_SOURCE_DIR="$gtest_dir" -DTOTALNORM_PTXAS_VERBOSE=ON \
   -DPython3_EXECUTABLE="$(command -v "$python")" >/dev/null
-cmake --build "$build"
+# ptxas's registers and spills of each CUDA kernel (when the CUDA backend is built) go to
+# the build log; scripts/ptxas_report.py summarises them.
+cmake --build "$build" 2>&1 | tee "$build/build.log"
+if grep -q "Compiling entry function" "$build/build.log"; then
+  "$python" scripts/ptxas_report.py "$build/build.log" | tail -n 1
+fi
 part "CMake build"
 ctest --test-dir "$build" --output-on-failure
 part "ctest"

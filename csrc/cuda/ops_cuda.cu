@@ -1,21 +1,36 @@
-// The CUDA backend: one reduction launch per element type, whatever the number
-// of tensors, and one launch to merge.
+// The CUDA backend: per call one reduction launch per element type, whatever
+// the number of tensors, and one launch to merge.
 //
-// The tensors of one element type are seen as one concatenation and cut into
-// units (launch_plan.h): near-equal ranges in which every tensor also costs a
-// fixed number of elements, so that thousands of tiny tensors spread over many
-// units. Within a unit, a piece of a tensor large enough for the whole block is
-// read by the whole block; smaller pieces go to the block's warps in turn, so a
-// unit of sixteen tiny tensors costs one memory round trip, not sixteen. Each
-// unit writes one float64 accumulation; the grid is sized from the occupancy
-// API and its blocks take units in turn, which changes the schedule but not
-// what any unit reads or the order units merge in: every GPU gives the same
-// bits. The table of tensors travels in the kernel's parameters up to 64
-// tensors, and in a device table beyond (cached per list and stream; one made
-// during graph capture lives as long as the graph). One more single-block launch
-// merges the units in a fixed order into the device's (count, accumulation)
-// pair, and finalize merges pairs, finalizes and rounds once. No floating-point
-// atomics, no host synchronisation.
+// Kernels and launches:
+// - reduce_kernel<order, storage type>: the tensors of one element type are
+//   seen as one concatenation and cut into units (launch_plan.h): near-equal
+//   ranges in which every tensor also costs a fixed number of elements, so
+//   that thousands of tiny tensors spread over many units. Within a unit, a
+//   piece of a tensor large enough for the whole block is read by the whole
+//   block; smaller pieces go to the block's warps in turn, so a unit of sixteen
+//   tiny tensors costs one memory round trip, not sixteen. Elements are read
+//   in 16-byte groups formed by their logical index (vector_groups.h), dense
+//   or strided (strided.h), so a view has the bits of its clone. Each unit
+//   writes one float64 accumulation: the unit partials, one buffer per call
+//   (reduce_units), the launches of all element types one after another in it.
+// - fold_kernel: one block merges rows in a fixed order. It reads the unit
+//   partials directly (stride 1) or (count, accumulation) rows (stride 2), and
+//   writes a pair and/or the norm rounded once and the clip coefficient.
+// - scale_kernel<type, coef type>: grads *= coef in place, one launch per
+//   element type, over the same units.
+//
+// Per call: total_norm on one GPU = reduce launches + one fold (units to the
+// norm); clip_grad_norm_ adds the scale launches; the partials op = reduce
+// launches + one fold (units to a pair); combine, finalize and finalize_clip
+// = one fold of pairs. Lists over several devices go through driver.cpp's
+// composite path (partials per device, then finalize).
+//
+// The grid is sized from the occupancy API and its blocks take units in turn,
+// which changes the schedule but not what any unit reads or the order units
+// merge in: every GPU gives the same bits. The table of tensors travels in the
+// kernel's parameters up to 64 tensors, and in a device table beyond (cached
+// per list and stream; one made during graph capture lives as long as the
+// graph). No floating-point atomics, no host synchronisation.
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -38,16 +53,27 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../driver.h"
 #include "../elements.h"
 #include "../plan.h"
 #include "../strided.h"
 #include "launch_plan.h"
+#include "vector_groups.h"
 
 namespace totalnorm::cuda {
 namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
+// Blocks of the reduce and scale kernels each SM must hold at once
+// (__launch_bounds__). 2 caps registers at 64 a thread and, compiled for sm_90
+// with nvcc 13, makes every reduce kernel spill (180-260 bytes stored); 1 lets
+// ptxas use 94-124 registers without a spill. Kept a macro so a GPU run can
+// compare the two (-DTOTALNORM_MIN_BLOCKS=2).
+#ifndef TOTALNORM_MIN_BLOCKS
+#define TOTALNORM_MIN_BLOCKS 1
+#endif
+constexpr int kMinBlocks = TOTALNORM_MIN_BLOCKS;
 // The split into units (launch_plan.h): a unit covers about 32,768 elements'
 // worth of cost, a tensor costs 2,048 on top of its elements (so a unit holds
 // at most about 16 tensors, one per warp), and at most 2,048 units (partials).
@@ -162,69 +188,126 @@ __device__ void for_each_unit_piece(const TensorTable& table, int64_t u, Visit&&
                                      });
 }
 
-// A team member's share of elements [lo, hi) of `data`: one element at a time
-// up to the first 16-byte boundary, then 16-byte vectors with four loads in
-// flight, then the tail. on_element(S*) and on_vector(uint4* address, uint4 value).
-template <class S, bool kReadOnly, class OnElement, class OnVector>
-__device__ void visit_slice(S* data, int64_t lo, int64_t hi, Team team, OnElement&& on_element,
-                            OnVector&& on_vector) {
-  constexpr int64_t kVec = 16 / sizeof(S);
+// --- Walking a piece -----------------------------------------------------------
+//
+// A piece (elements [lo, hi) of one tensor, in logical order) is cut into a
+// head, 16-byte groups and a tail by the elements' logical index
+// (vector_groups.h), never by their address, so a view and its clone form the
+// same groups. A team member takes head and tail elements rank, rank + size,
+// ... and groups rank, rank + size, ... in that order.
+
+constexpr int kLoadsInFlight = 4;  // aligned groups loaded before the first is used
+
+// Group v of [0, groups) for each v of the member's share, in order:
+// on_group(v, load(v)), with U loads issued before their groups are used.
+template <int U, class Load, class OnGroup>
+__device__ __forceinline__ void for_each_group(int64_t groups, Team team, Load&& load, OnGroup&& on_group) {
   const int64_t stride = team.size;
-  const auto misalign = reinterpret_cast<uintptr_t>(data + lo) % 16;
-  const int64_t head = min(hi - lo, static_cast<int64_t>((16 - misalign) % 16 / sizeof(S)));
-  for (int64_t i = lo + team.rank; i < lo + head; i += stride) on_element(data + i);
-  const int64_t body = lo + head;
-  const int64_t vectors = (hi - body) / kVec;
-  uint4* vec = reinterpret_cast<uint4*>(data + body);
-  auto load = [](const uint4* at) { return kReadOnly ? __ldg(at) : *at; };
   int64_t v = team.rank;
-  for (; v + 3 * stride < vectors; v += 4 * stride) {
-    uint4 raw[4];
+  for (; v + (U - 1) * stride < groups; v += U * stride) {
+    uint4 raw[U];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) raw[k] = load(vec + v + k * stride);
+    for (int k = 0; k < U; ++k) raw[k] = load(v + k * stride);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) on_vector(vec + v + k * stride, raw[k]);
+    for (int k = 0; k < U; ++k) on_group(v + k * stride, raw[k]);
   }
-  for (; v < vectors; v += stride) on_vector(vec + v, load(vec + v));
-  for (int64_t i = body + vectors * kVec + team.rank; i < hi; i += stride) on_element(data + i);
+  for (; v < groups; v += stride) on_group(v, load(v));
 }
 
-// visit_slice for a dense piece. A strided one (layout) is walked in logical
-// order: scaled element by element, and read in the groups visit_slice would
-// make of a contiguous copy (which starts 16-byte aligned), each group handed
-// to on_vector as one 16-byte value, so the norm has the copy's bits.
-template <class S, bool kReadOnly, class OnElement, class OnVector>
-__device__ void visit_piece(S* data, const Layout* layout, int64_t lo, int64_t hi, Team team,
-                            OnElement&& on_element, OnVector&& on_vector) {
-  if (layout == nullptr) return visit_slice<S, kReadOnly>(data, lo, hi, team, on_element, on_vector);
-  auto at = [&](int64_t i) { return data + offset_of(*layout, i); };
-  if constexpr (!kReadOnly) {
-    for (int64_t i = lo + team.rank; i < hi; i += team.size) on_element(at(i));
+// The 16 bytes of the group at `at`, element by element (no alignment needed).
+template <class S>
+__device__ __forceinline__ uint4 gather_group(const S* at) {
+  S elems[16 / sizeof(S)];
+#pragma unroll
+  for (size_t k = 0; k < 16 / sizeof(S); ++k) elems[k] = at[k];
+  uint4 raw;
+  memcpy(&raw, elems, sizeof(raw));
+  return raw;
+}
+
+// Reads a dense piece: on_element(S) for head and tail elements, on_group(uint4)
+// for each group. A 16-byte aligned piece loads each group with one aligned
+// load; otherwise each group is joined from the two aligned 16-byte chunks it
+// straddles (the first and last group of the piece element by element, so no
+// byte outside the piece is read).
+template <class S, class OnElement, class OnGroup>
+__device__ void read_dense(const S* data, int64_t lo, int64_t hi, Team team, OnElement&& on_element,
+                           OnGroup&& on_group) {
+  constexpr int64_t kPer = 16 / sizeof(S);
+  const GroupSplit split = split_into_groups(lo, hi, kPer);
+  for (int64_t i = lo + team.rank; i < split.head_end; i += team.size) on_element(data[i]);
+  const S* body = data + split.head_end;
+  const int shift = static_cast<int>(reinterpret_cast<uintptr_t>(body) % 16);
+  auto use = [&](int64_t, const uint4& raw) { on_group(raw); };
+  if (shift == 0) {
+    const uint4* groups = reinterpret_cast<const uint4*>(body);
+    for_each_group<kLoadsInFlight>(split.groups, team, [&](int64_t v) { return __ldg(groups + v); }, use);
   } else {
-    constexpr int64_t kVec = 16 / sizeof(S);
-    const int64_t stride = team.size;
-    const int64_t head = min(hi - lo, (kVec - lo % kVec) % kVec);
-    for (int64_t i = lo + team.rank; i < lo + head; i += stride) on_element(at(i));
-    const int64_t body = lo + head;
-    const int64_t vectors = (hi - body) / kVec;
-    for (int64_t v = team.rank; v < vectors; v += stride) {
-      S elems[kVec];
-#pragma unroll
-      for (int64_t k = 0; k < kVec; ++k) elems[k] = *at(body + v * kVec + k);
-      uint4 raw;
-      memcpy(&raw, elems, sizeof(raw));
-      on_vector(nullptr, raw);
-    }
-    for (int64_t i = body + vectors * kVec + team.rank; i < hi; i += stride) on_element(at(i));
+    const uint4* chunks = reinterpret_cast<const uint4*>(reinterpret_cast<const char*>(body) - shift);
+    const int64_t last = split.groups - 1;
+    for_each_group<kLoadsInFlight / 2>(
+        split.groups, team,
+        [&](int64_t v) {
+          if (v == 0 || v == last) return gather_group(body + v * kPer);
+          return join_chunks(__ldg(chunks + v), __ldg(chunks + v + 1), shift);
+        },
+        use);
   }
+  for (int64_t i = split.tail_start + team.rank; i < hi; i += team.size) on_element(data[i]);
 }
 
+// Walks a strided piece in logical order: on_element(S*) for head and tail
+// elements, and on_group(next) for each group, where each call of next()
+// returns the group's next element's address. A LayoutCursor (strided.h)
+// follows the member from group to group: no division per element.
+template <class S, class OnElement, class OnGroup>
+__device__ void walk_strided(S* data, const Layout& layout, int64_t lo, int64_t hi, Team team,
+                             OnElement&& on_element, OnGroup&& on_group) {
+  constexpr int64_t kPer = 16 / sizeof(S);
+  const GroupSplit split = split_into_groups(lo, hi, kPer);
+  for (int64_t i = lo + team.rank; i < split.head_end; i += team.size) on_element(data + offset_of(layout, i));
+  // After a group's elements, on to the member's next group: the same move for
+  // every member, kept in shared memory (one slot a warp: the lanes of a warp
+  // always walk one piece together) rather than in 14 more registers.
+  __shared__ LayoutCursor to_next_of_warp[kWarps];
+  LayoutCursor& to_next = to_next_of_warp[threadIdx.x / 32];
+  __syncwarp();  // the lanes are done with the previous piece's move
+  if (threadIdx.x % 32 == 0) to_next = LayoutCursor::at(layout, (team.size - 1) * kPer);
+  __syncwarp();
+  if (team.rank < split.groups) {
+    LayoutCursor at = LayoutCursor::at(layout, split.head_end + team.rank * kPer);
+    auto next = [&] {
+      S* x = data + at.offset;
+      at.step_one(layout);
+      return x;
+    };
+    for (int64_t v = team.rank; v < split.groups; v += team.size) {
+      on_group(next);
+      at.advance(layout, to_next);
+    }
+  }
+  for (int64_t i = split.tail_start + team.rank; i < hi; i += team.size) on_element(data + offset_of(layout, i));
+}
+
+// The contributions of a group's elements combined into one term.
 template <Order O, class S>
-__global__ void __launch_bounds__(kThreads)
+__device__ __forceinline__ double group_term(const uint4& raw, double p) {
+  constexpr int kPer = 16 / sizeof(S);
+  S elems[kPer];
+  memcpy(elems, &raw, sizeof(raw));
+  double term = contribution<O>(elems[0], p);
+#pragma unroll
+  for (int k = 1; k < kPer; ++k) term = NormOp<O>::combine(term, contribution<O>(elems[k], p));
+  return term;
+}
+
+// One launch per storage type S: unit u's accumulation goes to partials[u].
+template <Order O, class S>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     reduce_kernel(const __grid_constant__ TensorTable table, double p, double* __restrict__ partials) {
   using Op = NormOp<O>;
   // Sums cascade in three levels, so that a thread's hundreds of terms do not
-  // round hundreds of times in a row: each vector's (or lone element's)
+  // round hundreds of times in a row: each group's (or lone element's)
   // contributions form one term, `run` adds 32 terms, `mid` adds 32 runs, `acc`
   // adds the rest. The counts follow this thread's element positions in the
   // unit only. Max, min and counts (exact) use `acc` alone.
@@ -252,18 +335,20 @@ __global__ void __launch_bounds__(kThreads)
         acc = Op::combine(acc, term);
       }
     };
+    auto add_element = [&](S x) { add_term(contribution<O>(x, p)); };
+    auto add_group = [&](const uint4& raw) { add_term(group_term<O, S>(raw, p)); };
     for_each_unit_piece(table, u, [&](const void* data, const Layout* layout, int64_t lo, int64_t hi, Team team) {
-      visit_piece<S, true>(
-          static_cast<S*>(const_cast<void*>(data)), layout, lo, hi, team,
-          [&](const S* x) { add_term(contribution<O>(*x, p)); },
-          [&](const uint4*, const uint4& raw) {
-            S elems[16 / sizeof(S)];
-            memcpy(elems, &raw, sizeof(raw));
-            constexpr int kElems = 16 / sizeof(S);
-            double term = contribution<O>(elems[0], p);
+      const S* elems = static_cast<const S*>(data);
+      if (layout == nullptr) return read_dense(elems, lo, hi, team, add_element, add_group);
+      walk_strided(
+          const_cast<S*>(elems), *layout, lo, hi, team, [&](const S* x) { add_element(*x); },
+          [&](auto next) {
+            S group[16 / sizeof(S)];
 #pragma unroll
-            for (int k = 1; k < kElems; ++k) term = Op::combine(term, contribution<O>(elems[k], p));
-            add_term(term);
+            for (S& x : group) x = *next();
+            uint4 raw;
+            memcpy(&raw, group, sizeof(raw));
+            add_group(raw);
           });
     });
     if constexpr (kCascade) acc += mid + run;
@@ -303,26 +388,46 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Scales a dense piece in place, element by element up to the first 16-byte
+// boundary, then by aligned 16-byte vectors, then the tail. Each element is
+// scaled on its own, so grouping by address changes no bit here.
+template <class T, class Scale>
+__device__ void scale_dense(T* data, int64_t lo, int64_t hi, Team team, Scale&& scale) {
+  constexpr int64_t kPer = 16 / sizeof(T);
+  const auto misalign = reinterpret_cast<uintptr_t>(data + lo) % 16;
+  const int64_t head = min(hi - lo, static_cast<int64_t>((16 - misalign) % 16 / sizeof(T)));
+  for (int64_t i = lo + team.rank; i < lo + head; i += team.size) scale(data[i]);
+  const int64_t body = lo + head;
+  const int64_t vectors = (hi - body) / kPer;
+  uint4* vec = reinterpret_cast<uint4*>(data + body);
+  for_each_group<kLoadsInFlight>(vectors, team, [&](int64_t v) { return vec[v]; },
+                                 [&](int64_t v, uint4 raw) {
+                                   T elems[kPer];
+                                   memcpy(elems, &raw, sizeof(raw));
+#pragma unroll
+                                   for (T& x : elems) scale(x);
+                                   memcpy(&raw, elems, sizeof(raw));
+                                   vec[v] = raw;
+                                 });
+  for (int64_t i = body + vectors * kPer + team.rank; i < hi; i += team.size) scale(data[i]);
+}
+
 // data *= coef for every element, in the element type's opmath, like torch's
 // _foreach_mul_ on CUDA, which first rounds the coefficient to the data's dtype.
 template <class T, class Coef>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     scale_kernel(const __grid_constant__ TensorTable table, const Coef* __restrict__ coef) {
   using opmath = at::opmath_type<T>;
   const opmath c = static_cast<opmath>(static_cast<T>(*coef));
   auto scale = [c](T& x) { x = static_cast<T>(static_cast<opmath>(x) * c); };
   for (int64_t u = blockIdx.x; u < table.units; u += gridDim.x) {
     for_each_unit_piece(table, u, [&](const void* data, const Layout* layout, int64_t lo, int64_t hi, Team team) {
-      visit_piece<T, false>(
-          static_cast<T*>(const_cast<void*>(data)), layout, lo, hi, team, [&](T* x) { scale(*x); },
-          [&](uint4* at, uint4 raw) {
-            T elems[16 / sizeof(T)];
-            memcpy(elems, &raw, sizeof(raw));
+      T* elems = static_cast<T*>(const_cast<void*>(data));
+      if (layout == nullptr) return scale_dense(elems, lo, hi, team, scale);
+      walk_strided(elems, *layout, lo, hi, team, [&](T* x) { scale(*x); }, [&](auto next) {
 #pragma unroll
-            for (T& x : elems) scale(x);
-            memcpy(&raw, elems, sizeof(raw));
-            *at = raw;
-          });
+        for (size_t k = 0; k < 16 / sizeof(T); ++k) scale(*next());
+      });
     });
   }
 }
@@ -621,11 +726,17 @@ void launch_fold(const at::Tensor& values, int stride, double count, Order order
   });
 }
 
-at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
-  check_arguments("partials", "tensors", tensors, norm_type, std::nullopt);
-  check_one_device("partials", "tensors", tensors);
-  const Order order = classify_order(norm_type);
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
+// The unit partials of one device's tensors: every storage type's reduce
+// launch writes its units' accumulations into one float64 buffer, in storage
+// type order, and `count` is the number of elements read. The launches are
+// enqueued on the current stream; the caller folds the buffer (launch_fold,
+// stride 1) into a pair, or straight into the norm.
+struct UnitPartials {
+  at::Tensor values;
+  int64_t count = 0;
+};
+
+UnitPartials reduce_units(at::TensorList tensors, Order order, double norm_type) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const Grouped grouped = group_by_storage(tensors, order);
   std::array<Plan, kElemCount> plans;
@@ -634,9 +745,9 @@ at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
     plans[s] = plan_units(grouped.spans[s].numels, kLimits);
     slots += plans[s].units;
   }
-  const auto options = at::TensorOptions().dtype(at::kDouble).device(tensors[0].device());
-  at::Tensor workspace = at::empty({slots}, options);
-  double* ws = workspace.mutable_data_ptr<double>();
+  UnitPartials out;
+  out.values = at::empty({slots}, at::TensorOptions().dtype(at::kDouble).device(tensors[0].device()));
+  double* ws = out.values.mutable_data_ptr<double>();
   for (size_t s = 0; s < plans.size(); ++s) {
     if (plans[s].units == 0) continue;
     dispatch_order(order, [&](auto o) {
@@ -645,10 +756,19 @@ at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
     });
     ws += plans[s].units;
   }
-  int64_t count = 0;
-  for (const auto& t : tensors) count += t.numel();
-  at::Tensor pair = at::empty({2}, options);
-  launch_fold(workspace, 1, static_cast<double>(count), order, norm_type, &pair, nullptr, std::nullopt, nullptr);
+  for (const auto& t : tensors) out.count += t.numel();
+  return out;
+}
+
+at::Tensor partials_cuda(at::TensorList tensors, double norm_type) {
+  check_arguments("partials", "tensors", tensors, norm_type, std::nullopt);
+  check_one_device("partials", "tensors", tensors);
+  const Order order = classify_order(norm_type);
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  const UnitPartials units = reduce_units(tensors, order, norm_type);
+  at::Tensor pair = at::empty({2}, units.values.options());
+  launch_fold(units.values, 1, static_cast<double>(units.count), order, norm_type, &pair, nullptr, std::nullopt,
+              nullptr);
   return pair;
 }
 
@@ -687,13 +807,8 @@ std::tuple<at::Tensor, at::Tensor> finalize_clip_cuda(const at::Tensor& partials
   return finalize_on_cuda("finalize_clip", partials, norm_type, dtype, max_norm, error_if_nonfinite);
 }
 
-void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
-  check_arguments("scale_", "tensors", tensors, 0.0, std::nullopt);
-  check_one_device("scale_", "tensors", tensors);
-  check_writable("scale_", "tensors", tensors);
-  if (tensors.empty()) return;
-  check_coef("scale_", coef, tensors[0].device());
-  const c10::cuda::CUDAGuard guard(coef.device());
+// tensors *= coef, one launch per element type (the checks done by the caller).
+void scale_tensors(at::TensorList tensors, const at::Tensor& coef) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Real gradients by element type, dense or strided without shared elements;
   // torch's own mul_ takes misaligned starts, layouts of more than kMaxDims
@@ -731,6 +846,57 @@ void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
   });
 }
 
+void scale_cuda(at::TensorList tensors, const at::Tensor& coef) {
+  check_arguments("scale_", "tensors", tensors, 0.0, std::nullopt);
+  check_one_device("scale_", "tensors", tensors);
+  check_writable("scale_", "tensors", tensors);
+  if (tensors.empty()) return;
+  check_coef("scale_", coef, tensors[0].device());
+  const c10::cuda::CUDAGuard guard(coef.device());
+  scale_tensors(tensors, coef);
+}
+
+// total_norm and clip_grad_norm_ of a list on one CUDA device, fused: the
+// reduce launches, then one fold launch that reads the unit partials directly
+// and writes the norm (and the clip coefficient), then for clipping the scale
+// launches. A list over several devices takes the composite path (driver.cpp),
+// which meets per-device partials on the first tensor's device.
+bool on_one_cuda_device(at::TensorList tensors) {
+  if (tensors.empty() || !tensors[0].defined() || !tensors[0].is_cuda()) return false;
+  return std::all_of(tensors.begin(), tensors.end(),
+                     [&](const at::Tensor& t) { return t.defined() && t.device() == tensors[0].device(); });
+}
+
+at::Tensor total_norm_cuda(at::TensorList tensors, double norm_type, bool error_if_nonfinite,
+                           std::optional<at::ScalarType> dtype) {
+  if (!on_one_cuda_device(tensors)) return total_norm_by_device(tensors, norm_type, error_if_nonfinite, dtype);
+  check_arguments("total_norm", "tensors", tensors, norm_type, dtype);
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  const Order order = classify_order(norm_type);
+  const UnitPartials units = reduce_units(tensors, order, norm_type);
+  at::Tensor total = at::empty({}, units.values.options().dtype(result_dtype(tensors, dtype)));
+  launch_fold(units.values, 1, static_cast<double>(units.count), order, norm_type, nullptr, &total, std::nullopt,
+              nullptr);
+  check_finite("total_norm", total, norm_type, error_if_nonfinite);
+  return total;
+}
+
+at::Tensor clip_grad_norm_cuda(at::TensorList grads, double max_norm, double norm_type, bool error_if_nonfinite) {
+  if (!on_one_cuda_device(grads)) return clip_grad_norm_by_device(grads, max_norm, norm_type, error_if_nonfinite);
+  // Every check that can fail runs before the first gradient is written.
+  check_arguments("clip_grad_norm_", "grads", grads, norm_type, std::nullopt);
+  check_writable("clip_grad_norm_", "grads", grads);
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  const Order order = classify_order(norm_type);
+  const UnitPartials units = reduce_units(grads, order, norm_type);
+  at::Tensor total = at::empty({}, units.values.options().dtype(result_dtype(grads, std::nullopt)));
+  at::Tensor coef = at::empty_like(total);
+  launch_fold(units.values, 1, static_cast<double>(units.count), order, norm_type, nullptr, &total, max_norm, &coef);
+  check_finite("clip_grad_norm_", total, norm_type, error_if_nonfinite);
+  scale_tensors(grads, coef);
+  return total;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(totalnorm, CUDA, m) {
@@ -739,6 +905,8 @@ TORCH_LIBRARY_IMPL(totalnorm, CUDA, m) {
   m.impl("finalize", &finalize_cuda);
   m.impl("finalize_clip", &finalize_clip_cuda);
   m.impl("scale_", &scale_cuda);
+  m.impl("total_norm", &total_norm_cuda);
+  m.impl("clip_grad_norm_", &clip_grad_norm_cuda);
 }
 
 }  // namespace totalnorm::cuda

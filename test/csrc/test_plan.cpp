@@ -4,12 +4,14 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
 
 #include "cuda/launch_plan.h"
+#include "cuda/vector_groups.h"
 #include "plan.h"
 #include "strided.h"
 
@@ -211,6 +213,101 @@ TEST(Strided, LayoutsWalkEveryViewInLogicalOrder) {
   expect_layout_walks_view(base, cube.unsqueeze(2).slice(4, 0, 7, 3));      // a size-1 dimension
   expect_layout_walks_view(base, base.slice(0, 5, 6));                      // one element
   expect_layout_walks_view(base, base.as_strided({3, 4}, {1, 7}, 2));       // arbitrary strides
+}
+
+// A LayoutCursor walks what offset_of computes, without dividing: placed at
+// any element, moved one element at a time, and moved as walk_strided
+// (ops_cuda.cu) moves a team member: a group of `per` elements, then on to its
+// next group, team - 1 groups further.
+void expect_cursor_walks_like_offset_of(const at::Tensor& view) {
+  SCOPED_TRACE(::testing::Message() << "sizes " << view.sizes() << " strides " << view.strides());
+  Layout layout{};
+  ASSERT_TRUE(collapse_layout(view.sizes().data(), view.strides().data(), view.dim(), &layout));
+  const int64_t n = view.numel();
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(LayoutCursor::at(layout, i).offset, offset_of(layout, i)) << i;
+  LayoutCursor one = LayoutCursor::at(layout, 0);
+  for (int64_t i = 1; i < n; ++i) {
+    one.step_one(layout);
+    ASSERT_EQ(one.offset, offset_of(layout, i)) << "stepped to " << i;
+  }
+  for (int64_t per : {int64_t{1}, int64_t{2}, int64_t{4}, int64_t{8}}) {
+    for (int64_t team : {int64_t{1}, int64_t{3}, int64_t{32}, int64_t{512}}) {
+      for (int64_t first : {int64_t{0}, int64_t{1}, int64_t{5}}) {
+        for (int64_t rank = 0; rank < std::min<int64_t>(team, 40); ++rank) {
+          LayoutCursor at = LayoutCursor::at(layout, first + rank * per);
+          const LayoutCursor to_next = LayoutCursor::at(layout, (team - 1) * per);
+          for (int64_t start = first + rank * per; start + per <= n; start += team * per) {
+            for (int64_t k = 0; k < per; ++k) {
+              ASSERT_EQ(at.offset, offset_of(layout, start + k))
+                  << "per " << per << " team " << team << " rank " << rank << " element " << start + k;
+              at.step_one(layout);
+            }
+            at.advance(layout, to_next);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Strided, CursorsWalkEveryLayoutWithoutDividing) {
+  const at::Tensor base = at::arange(4 * 5 * 6 * 7, at::kLong);
+  const at::Tensor cube = base.view({4, 5, 6, 7});
+  expect_cursor_walks_like_offset_of(cube);
+  expect_cursor_walks_like_offset_of(cube.transpose(1, 3));
+  expect_cursor_walks_like_offset_of(cube.permute({3, 1, 0, 2}));
+  expect_cursor_walks_like_offset_of(cube.slice(3, 1, 6, 2));
+  expect_cursor_walks_like_offset_of(cube.slice(0, 1, 3).slice(2, 2, 5));
+  expect_cursor_walks_like_offset_of(cube.select(1, 3).transpose(0, 2));
+  expect_cursor_walks_like_offset_of(base.slice(0, 5, 6));
+  expect_cursor_walks_like_offset_of(base.as_strided({3, 4}, {1, 7}, 2));
+  expect_cursor_walks_like_offset_of(base.view({40, 21}).slice(1, 0, 21, 2));  // x[:, ::2]
+  expect_cursor_walks_like_offset_of(base.slice(0, 3, 840, 5));                 // one dimension, gaps
+  // Six dimensions of sizes 2 and 3, none continuing another: every carry.
+  expect_cursor_walks_like_offset_of(base.as_strided({2, 3, 2, 3, 2, 3}, {400, 100, 40, 12, 5, 1}));
+}
+
+// The groups of a piece depend on the logical indices [lo, hi) only: the head
+// runs to the first multiple of per_group, groups start on multiples of it,
+// and head, groups and tail tile the piece.
+TEST(VectorGroups, SplitTilesThePieceOnMultiplesOfTheGroupSize) {
+  for (int64_t per : {int64_t{1}, int64_t{2}, int64_t{4}, int64_t{8}}) {
+    for (int64_t lo = 0; lo < 20; ++lo) {
+      for (int64_t hi = lo; hi < 45; ++hi) {
+        const GroupSplit s = split_into_groups(lo, hi, per);
+        ASSERT_LE(lo, s.head_end);
+        ASSERT_LE(s.head_end, s.tail_start);
+        ASSERT_LE(s.tail_start, hi);
+        ASSERT_EQ(s.tail_start - s.head_end, s.groups * per);
+        ASSERT_LT(hi - s.tail_start, per);
+        if (s.head_end < hi) ASSERT_EQ(s.head_end % per, 0) << lo << " " << hi << " " << per;
+        ASSERT_LT(s.head_end - lo, per);
+      }
+    }
+  }
+}
+
+struct Words {
+  uint32_t x, y, z, w;
+};
+
+// join_chunks of the two aligned 16-byte chunks a group straddles gives the
+// group's bytes, for every start shift: what read_dense (ops_cuda.cu) loads
+// for a dense piece that does not start on a 16-byte boundary.
+TEST(VectorGroups, JoinedChunksAreTheGroupsBytesAtEveryShift) {
+  alignas(16) unsigned char buffer[16 * 8];
+  for (size_t i = 0; i < sizeof(buffer); ++i) buffer[i] = static_cast<unsigned char>(i * 37 + 11);
+  for (int shift = 0; shift < 16; ++shift) {
+    const unsigned char* body = buffer + 16 + shift;  // the first group's first byte
+    for (int v = 0; v < 5; ++v) {
+      Words first{}, second{}, want{};
+      std::memcpy(&first, buffer + 16 * (v + 1), 16);  // the chunk group v starts in
+      std::memcpy(&second, buffer + 16 * (v + 2), 16);
+      std::memcpy(&want, body + 16 * v, 16);
+      const Words got = join_chunks(first, second, shift);
+      EXPECT_EQ(std::memcmp(&got, &want, 16), 0) << "shift " << shift << " group " << v;
+    }
+  }
 }
 
 TEST(Strided, CollapseMergesContinuingDimensionsAndRefusesTooMany) {

@@ -9,6 +9,7 @@ failure is one command:
 
     python test/python/fuzz_cases.py 1234          # a total_norm case
     python test/python/fuzz_cases.py --clip 1234   # a clip_grad_norm_ case
+    python test/python/fuzz_cases.py --device cuda 1234   # the same case on the GPU
 
 The values are checked against reference.reference_norm (math.fsum over the float64
 contributions, rounded once) to the bounds of docs/semantics.md; clipping is checked against
@@ -78,15 +79,16 @@ class Case:
     dtype: Optional[torch.dtype]
     error_if_nonfinite: bool
     max_norm: float = 1.0
+    device: str = "cpu"  # where the tensors are built (values drawn on the CPU, the same everywhere)
 
     def tensors(self) -> list:
-        return [make_tensor(s) for s in self.specs]
+        return [make_tensor(s, self.device) for s in self.specs]
 
     def numel(self) -> int:
         return sum(math.prod(s.shape) for s in self.specs)
 
     def reproducer(self) -> str:
-        flag = " --clip" if self.clip else ""
+        flag = (" --clip" if self.clip else "") + (f" --device {self.device}" if self.device != "cpu" else "")
         return f"{sys.executable} {_THIS_FILE}{flag} {self.seed}"
 
     def describe(self) -> str:
@@ -187,8 +189,9 @@ def _order(rng: random.Random):
     return p
 
 
-def make_case(seed: int, clip: bool = False) -> Case:
-    """The case of a seed (norm cases and clip cases draw from separate streams)."""
+def make_case(seed: int, clip: bool = False, device: str = "cpu") -> Case:
+    """The case of a seed (norm cases and clip cases draw from separate streams), its
+    tensors on `device`: the same case, values and layouts on every device."""
     rng = random.Random(f"{'clip' if clip else 'norm'}:{seed}")
     count = 0 if rng.random() < 0.03 else rng.randint(1, 6)
     same = rng.random() < 0.4
@@ -202,7 +205,7 @@ def make_case(seed: int, clip: bool = False) -> Case:
     dtype = rng.choice(RESULT_DTYPES) if (not clip and specs and rng.random() < 0.25) else None
     error = rng.random() < 0.25
     max_norm = _pick(rng, [10.0 ** rng.uniform(-3, 6), 1.0, 0.0, -0.5, INF], [80, 8, 4, 4, 4])
-    return Case(seed, clip, specs, p, dtype, error, max_norm)
+    return Case(seed, clip, specs, p, dtype, error, max_norm, device)
 
 
 # --- Tensor construction ---------------------------------------------------------------
@@ -255,61 +258,71 @@ def _values(spec: Spec, n: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(_real_values(rng, spec.values, n, dtype)).to(dtype)
 
 
-def make_tensor(spec: Spec) -> torch.Tensor:
-    t = _layout(spec)
+def make_tensor(spec: Spec, device: str = "cpu") -> torch.Tensor:
+    t = _layout(spec, device)
     assert tuple(t.shape) == tuple(spec.shape), (spec, t.shape)
     if spec.requires_grad:
         t = t.detach().requires_grad_()
     return t
 
 
-def _layout(spec: Spec) -> torch.Tensor:
+def _layout(spec: Spec, device: str = "cpu") -> torch.Tensor:
     shape, dtype, d = spec.shape, spec.dtype, spec.detail
+
+    def _values_on(n, dt):
+        return _values(spec, n, dt).to(device)
+
     n = math.prod(shape)
     lay = spec.layout
     if lay in ("contiguous", "zero_dim", "empty"):
-        return _values(spec, n, dtype).reshape(shape)
+        return _values_on(n, dtype).reshape(shape)
     if lay == "transposed":
         perm = d["perm"]
         inverse = [perm.index(i) for i in range(len(perm))]
-        base = _values(spec, n, dtype).reshape([shape[i] for i in perm])
+        base = _values_on(n, dtype).reshape([shape[i] for i in perm])
         return base.permute(inverse)  # base.permute(inverse).shape == shape
     if lay == "channels_last":
-        return _values(spec, n, dtype).reshape(shape).contiguous(memory_format=torch.channels_last)
+        return _values_on(n, dtype).reshape(shape).contiguous(memory_format=torch.channels_last)
     if lay == "gaps":
         dim, step = d["dim"], d["step"]
         big = list(shape)
         if d["narrow"]:
             big[dim] += step
-            return _values(spec, math.prod(big), dtype).reshape(big).narrow(dim, 1, shape[dim])
+            return _values_on(math.prod(big), dtype).reshape(big).narrow(dim, 1, shape[dim])
         big[dim] *= step
-        base = _values(spec, math.prod(big), dtype).reshape(big)
+        base = _values_on(math.prod(big), dtype).reshape(big)
         return base[(slice(None),) * dim + (slice(None, None, step),)]
     if lay == "expanded":
         small = [1 if i in d["dims"] else s for i, s in enumerate(shape)]
-        return _values(spec, math.prod(small), dtype).reshape(small).expand(shape)
+        return _values_on(math.prod(small), dtype).reshape(small).expand(shape)
     if lay == "overlap":
         rows, width = shape
         length = (rows - 1) * d["stride"] + width
-        return _values(spec, length, dtype).as_strided(shape, (d["stride"], 1))
+        return _values_on(length, dtype).as_strided(shape, (d["stride"], 1))
     if lay == "offset":
         off = d["offset"]
-        return _values(spec, n + off, dtype)[off:].view(shape)
+        return _values_on(n + off, dtype)[off:].view(shape)
+    if lay == "misaligned" and device != "cpu":
+        # A GPU tensor must be aligned for its element type (torch's own kernels need
+        # it): off a 16-byte boundary by a whole element, the closest there is.
+        buffer = torch.empty(n + 1, dtype=dtype, device=device)
+        buffer[1:] = _values_on(n, dtype)
+        return buffer[1:].view(shape)
     if lay == "misaligned":
         size = torch.empty(0, dtype=dtype).element_size()
         buf = bytearray(n * size + size)
         t = torch.frombuffer(buf, dtype=dtype, count=n, offset=d["byte_offset"]).view(shape)
-        t.copy_(_values(spec, n, dtype).reshape(shape))
+        t.copy_(_values_on(n, dtype).reshape(shape))
         return t
     if lay == "conj":
-        return _values(spec, n, dtype).conj_physical().conj().reshape(shape)
+        return _values_on(n, dtype).conj_physical().conj().reshape(shape)
     if lay in ("real_part", "imag_of_conj"):
         complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-        z = _values(spec, n, complex_dtype).reshape(shape)
+        z = _values_on(n, complex_dtype).reshape(shape)
         return z.real if lay == "real_part" else z.conj().imag
     if lay == "large":
         step = d["step"]
-        return _values(spec, n * step, dtype)[::step]
+        return _values_on(n * step, dtype)[::step]
     raise ValueError(lay)
 
 
@@ -433,8 +446,9 @@ def _norm_error(case, tensors, got, want, want_dtype) -> Optional[str]:
         return f"not a 0-dim tensor: {got!r}"
     if got.dtype != want_dtype:
         return f"dtype {got.dtype}, want {want_dtype}"
-    if got.device.type != "cpu" or got.requires_grad:
-        return f"device {got.device}, requires_grad {got.requires_grad}"
+    want_device = tensors[0].device if tensors else torch.device("cpu")
+    if got.device != want_device or got.requires_grad:
+        return f"device {got.device} (want {want_device}), requires_grad {got.requires_grad}"
     return value_error(got, want, case.p)
 
 
@@ -442,7 +456,7 @@ def params_with_grads(grads) -> list:
     """A Parameter for each grad (zeros of its shape and dtype) with the grad itself as .grad."""
     params = []
     for g in grads:
-        p = torch.nn.Parameter(torch.zeros(g.shape, dtype=g.dtype))
+        p = torch.nn.Parameter(torch.zeros(g.shape, dtype=g.dtype, device=g.device))
         p.grad = g
         params.append(p)
     return params
@@ -511,11 +525,12 @@ def report(case: Case, outcome: Outcome) -> str:
     return f"seed {case.seed}: {outcome.failure}\n{case.describe()}\n  reproduce: {case.reproducer()}"
 
 
-def run_seeds(seeds, clip: bool, on_failure: Callable[[str], None] = print) -> tuple[int, int, list]:
-    """Runs the cases of `seeds`; returns (checked, known-break count, failure reports)."""
+def run_seeds(seeds, clip: bool, on_failure: Callable[[str], None] = print,
+              device: str = "cpu") -> tuple[int, int, list]:
+    """Runs the cases of `seeds` on `device`; returns (checked, known-break count, failure reports)."""
     failures, known = [], 0
     for seed in seeds:
-        case = make_case(seed, clip)
+        case = make_case(seed, clip, device)
         outcome = run_case(case)
         if outcome.skipped:
             known += 1
@@ -528,13 +543,18 @@ def run_seeds(seeds, clip: bool, on_failure: Callable[[str], None] = print) -> t
 
 def main(argv: list) -> int:
     clip = "--clip" in argv
+    device = "cpu"
+    if "--device" in argv:
+        at = argv.index("--device")
+        device = argv[at + 1]
+        argv = argv[:at] + argv[at + 2:]
     seeds = [int(a) for a in argv if a != "--clip"]
     if not seeds:
         print(__doc__)
         return 2
     status = 0
     for seed in seeds:
-        case = make_case(seed, clip)
+        case = make_case(seed, clip, device)
         print(case.describe())
         tensors = case.tensors()
         if not clip:

@@ -2,6 +2,7 @@
 through its --smoke mode, which runs without a GPU."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,38 @@ def test_bench_gpu_refuses_to_write_smoke_numbers_into_results_md():
     run = subprocess.run([sys.executable, str(BENCHMARKS / "bench_gpu.py"), "--smoke", "--write"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "not results" in run.stderr
+
+
+def test_gpu_suite_dry_run_lists_its_steps_in_order(tmp_path):
+    # Runs nothing: each step's command goes to its log and the summary, in the suite's order.
+    suite = BENCHMARKS / "gpu_suite.sh"
+    run = subprocess.run(["bash", str(suite), "--dry-run", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60, env={"PATH": "/usr/bin:/bin", "TOTALNORM_SUITE_ARCH": "9.0",
+                                          "SKIP": "racecheck"})
+    assert run.returncode == 0, run.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    steps = [line.split("|")[1].strip() for line in summary.splitlines()[2:] if line.startswith("| ")]
+    assert steps == ["facts", "configure", "build", "cuda_tests", "pytest", "ctest", "fuzz_cuda", "benchmark",
+                     "memcheck", "racecheck"]
+    assert "skipped (SKIP)" in summary.splitlines()[-3]
+    configure = (tmp_path / "configure.log").read_text()
+    assert "-DTOTALNORM_CUDA_ARCHS=9.0" in configure and "-DCMAKE_CXX_COMPILER=/usr/bin/g++" in configure
+    assert "-DTOTALNORM_PTXAS_VERBOSE=ON" in configure
+    assert f"-j {os.cpu_count()}" in (tmp_path / "build.log").read_text()
+    assert "test_cuda.py test/python/test_distributed_nccl.py" in (tmp_path / "cuda_tests.log").read_text()
+    assert "-k on_cuda" in (tmp_path / "fuzz_cuda.log").read_text()
+
+
+def test_bench_gpu_section_quotes_the_suite_summary_and_can_be_resummarized(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_gpu
+
+    summary = tmp_path / "summary.md"
+    summary.write_text("| step | status |\n|---|---|\n| pytest | pass |\n")
+    section = "## GPU: X (16 CPU cores)\n\nabout\n\n| table |\n"
+    quoted = bench_gpu.with_suite(section, summary)
+    assert quoted.startswith("## GPU: X (16 CPU cores)\n\n") and "| pytest | pass |" in quoted
+    summary.write_text("| step | status |\n|---|---|\n| pytest | pass |\n| memcheck | pass |\n")
+    again = bench_gpu.with_suite(quoted, summary)
+    assert again.count(bench_gpu.SUITE_START) == 1 and "| memcheck | pass |" in again
+    assert again.endswith("| table |\n")

@@ -10,7 +10,9 @@ grad flag and the inputs left untouched; clip_grad_norm_ cases against
 torch.nn.utils.clip_grad_norm_ bit for bit where the two norms are equal, and
 against torch.nn.utils.clip_grads_with_norm_ given totalnorm's norm elsewhere.
 
-The normal run checks 3,200 cases (2,400 total_norm, 800 clip). The long mode:
+The normal run checks 3,200 cases (2,400 total_norm, 800 clip) on the CPU and, with a
+GPU, 400 of the same cases (300 total_norm, 100 clip) built on CUDA
+(TOTALNORM_FUZZ_CUDA_CASES sets that count). The long mode:
 
     TOTALNORM_FUZZ_CASES=10000 python -m pytest -q test/python/test_fuzz.py
     TOTALNORM_FUZZ_SEED=100000 ...    # another stretch of seeds
@@ -73,6 +75,21 @@ def test_total_norm_fuzz(seeds):
 @pytest.mark.parametrize("seeds", _chunks(CLIP_CASES), ids=_seeds_id)
 def test_clip_grad_norm_fuzz(seeds):
     _check_chunk(seeds, clip=True)
+
+
+# The seeded cases on the GPU, where one is present: the same tensors, values and layouts
+# built on CUDA, checked against the same exact reference and, for clipping, against
+# torch's own CUDA clip. Fewer of them: each case's reference runs on the CPU.
+CUDA_CASES = int(os.environ.get("TOTALNORM_FUZZ_CUDA_CASES", "400"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("clip", [False, True], ids=["total_norm", "clip_grad_norm_"])
+def test_fuzz_cases_on_cuda(clip):
+    count = CUDA_CASES // 4 if clip else CUDA_CASES - CUDA_CASES // 4
+    checked, _, failures = run_seeds(range(FIRST_SEED, FIRST_SEED + count), clip, device="cuda")
+    assert not failures, f"{len(failures)} of {checked} CUDA cases failed:\n\n" + "\n\n".join(failures)
 
 
 def test_the_cases_cover_every_kind():
