@@ -3,7 +3,8 @@
 # CUDA backend too when nvcc is present, compiled for every architecture of
 # TOTALNORM_CUDA_ARCHS and linked even without a GPU), installs the Python
 # package from the same build tree, builds
-# a wheel from it, then runs ctest and pytest, and last the sanitizer build
+# a wheel from it, then runs ctest, pytest and the trainer recipes (scripts/recipes.sh;
+# TOTALNORM_RECIPES=0 skips them), and last the sanitizer build
 # (scripts/sanitize.sh; TOTALNORM_SANITIZE=0 skips it). Exits non-zero when any
 # test fails; prints how long each part took.
 set -euo pipefail
@@ -38,6 +39,11 @@ part "ctest"
 (cd "$build" && TOTALNORM_WHEEL=$(ls "$wheel_dir"/totalnorm-*.whl) \
   "$python" -m pytest -q -p no:cacheprovider "$root/test/python")
 part "pytest"
+# The trainer recipes (Hugging Face Trainer, Lightning), each against the trainer's own clip.
+if [ "${TOTALNORM_RECIPES:-1}" != 0 ]; then
+  bash scripts/recipes.sh
+  part "recipes (install the trainers, run examples/recipes)"
+fi
 if [ "${TOTALNORM_SANITIZE:-1}" != 0 ]; then
   bash scripts/sanitize.sh
   part "sanitize.sh (ASan + UBSan build, ctest, pytest subset)"
