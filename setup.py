@@ -59,7 +59,7 @@ class CMakeBuild(build_ext):
             "-DTOTALNORM_BUILD_TESTS=OFF",
             "-DTOTALNORM_BUILD_EXAMPLES=OFF",
         ]
-        for option in ("TOTALNORM_WITH_CUDA", "TOTALNORM_CUDA_ARCHS"):
+        for option in ("TOTALNORM_WITH_CUDA", "TOTALNORM_CUDA_ARCHS", "TOTALNORM_PTXAS_VERBOSE"):
             if option in os.environ:
                 configure.append(f"-D{option}={os.environ[option]}")
         subprocess.check_call(configure, cwd=build_dir)

@@ -17,7 +17,10 @@ gtest_dir=${TOTALNORM_GTEST_SOURCE_DIR:-/usr/src/googletest}
 start=$SECONDS
 part() { echo "test.sh: $1 took $((SECONDS - start)) s"; start=$SECONDS; }
 
-# The Python package first, from the shared build tree (objects are reused below).
+# The Python package first, from the shared build tree (objects are reused below;
+# configured with the ptxas report on, as the CMake build below is, so the CUDA
+# objects compile once).
+export TOTALNORM_PTXAS_VERBOSE=ON
 TOTALNORM_CMAKE_BUILD_DIR=$build "$python" -m pip install -q --no-build-isolation --no-deps .
 # The wheel a user would install: test_packaging.py checks that it pins this torch.
 rm -rf "$wheel_dir"
