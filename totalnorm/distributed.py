@@ -177,29 +177,23 @@ def partial(
     the meshes, and so the group, when no gradient is a DTensor (none yet).
     """
     counted, local, meshes = _local_parts(fn, arg, items)
-    if group is None:
-        if not meshes:
-            meshes = list({id(t.device_mesh): t.device_mesh for t in owners if isinstance(t, DTensor)}.values())
-        group = _mesh_group(fn, meshes)
-    elif not torch.compiler.is_compiling():
-        _check_group(fn, group)
+    group = _call_group(fn, group, meshes, owners)
     if counted:
         mine = _partial_of(counted, norm_type)
     else:
-        if local:
-            device = local[0].device
-        elif torch.compiler.is_compiling():
-            device = _default_collective_device()
-        else:
-            device = _collective_device(group)
         # An empty tensor on the collective's device: the op's own (0 elements, identity) pair.
-        mine = _ops.partials([torch.empty(0, device=device)], norm_type)
+        mine = _ops.partials([torch.empty(0, device=_pair_device(local, group))], norm_type)
+    return _all_gather(mine, group), local
+
+
+def _pair_device(local: list[torch.Tensor], group) -> torch.device:
+    """Where a rank builds its pair when it counts nothing: its first local tensor's
+    device, else the group's."""
+    if local:
+        return local[0].device
     if torch.compiler.is_compiling():
-        return _functional_all_gather(mine, 0, group), local
-    # Eager: the c10d collective itself, without the functional wrapper's tensor subclass.
-    rows = mine.new_empty(2 * dist.get_world_size(group))
-    _all_gather_single(rows, mine, group=group)
-    return rows, local
+        return _default_collective_device()
+    return _collective_device(group)
 
 
 def _partial_of(tensors: list[torch.Tensor], norm_type: float) -> torch.Tensor:
@@ -259,15 +253,20 @@ def clip_across_(fn, arg, items, max_norm, norm_type, error_if_nonfinite, group,
     summary = _summary(local)
     dtype = summary[0] if summary is not None else result_dtype(local, None)
     total, coef = _ops.finalize_clip(rows, norm_type, dtype, max_norm, error_if_nonfinite)
+    _scale_local(local, coef, summary)
+    return total
+
+
+def _scale_local(local: list[torch.Tensor], coef: torch.Tensor, summary) -> None:
+    """scale_ of every local tensor by coef, one call per device (`summary`: _summary(local))."""
     if summary is not None and summary[1] is not None:  # one device, the usual case: no Python pass
         _package._fast_or(_ops.scale_.default, _package._fast_scale_, local, coef.to(summary[1]))
-        return total
+        return
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for t in local:
         by_device.setdefault(t.device, []).append(t)
     for device, ts in by_device.items():
         _package._fast_or(_ops.scale_.default, _package._fast_scale_, ts, coef.to(device))
-    return total
 
 
 # --- Per-tensor norms across ranks (per_tensor=True) ------------------------------------
@@ -299,7 +298,7 @@ def _slice_start(m: int, parts: int, j: int) -> int:
 
 
 def _call_group(fn: str, group, meshes: list, owners) -> dist.ProcessGroup:
-    """The group the total is gathered over (as partial() decides it)."""
+    """The group the total is gathered over: group= (checked), else the one the meshes span."""
     if group is None:
         if not meshes:
             meshes = list({id(t.device_mesh): t.device_mesh for t in owners if isinstance(t, DTensor)}.values())
@@ -382,12 +381,7 @@ def _per_tensor_pairs(fn, arg, items, norm_type, group, owners):
     call_group = _call_group(fn, group, [mesh for mesh, _ in dtensors.values()], owners)
     call_size = dist.get_world_size(call_group)
 
-    if local:
-        device = (counted or local)[0].device
-    elif compiling:
-        device = _default_collective_device()
-    else:
-        device = _collective_device(call_group)
+    device = counted[0].device if counted else _pair_device(local, call_group)
     nothing = _ops.partials([torch.empty(0, device=device)], norm_type)  # (0 elements, identity)
     pairs = nothing.expand(len(items), 2).clone()
     if counted:
@@ -455,9 +449,5 @@ def clips_across_(fn, arg, items, max_norm, norm_type, error_if_nonfinite, group
     out = result_dtype(local, None)
     total, coef = _ops.finalize_clip(rows, norm_type, out, max_norm, error_if_nonfinite)
     per_tensor = _ops.finalize_per_tensor(pairs, norm_type, out)
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for t in local:
-        by_device.setdefault(t.device, []).append(t)
-    for device, ts in by_device.items():
-        _package._fast_or(_ops.scale_.default, _package._fast_scale_, ts, coef.to(device))
+    _scale_local(local, coef, _summary(local))
     return total, per_tensor
