@@ -317,8 +317,10 @@ def _reduction_group(fn: str, mesh: DeviceMesh, call_group: dist.ProcessGroup, c
         return mesh.get_group()
     raise ValueError(
         f"{fn}: per_tensor=True with DTensors on a {mesh.ndim}-D mesh of {mesh.size()} ranks inside a "
-        f"group of {call_size}: their per-tensor norms would need a process group over that mesh's "
-        "ranks. Pass the DTensors of each such mesh in a call of their own, or use a 1-D mesh"
+        f"group of {call_size}: their per-tensor norms need a process group over exactly that mesh's "
+        "ranks, which totalnorm does not create. Clip or take the total without per_tensor=True, and "
+        "get these DTensors' per-tensor norms with get_total_norm(their parameters, per_tensor=True, "
+        "group=<a group over exactly that mesh's ranks>)"
     )
 
 
